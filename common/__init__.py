@@ -1,0 +1,1 @@
+"""Code that two or more servelane services share. Never imports a service."""

@@ -1,0 +1,89 @@
+"""Composes the model server: repository → dataplane → REST app and gRPC server, started and stopped in order.
+
+Start: bind HTTP and gRPC first (so liveness answers at once), then load the models in the background; the
+server reports ready once every model is. Stop (SIGTERM): both listeners stop accepting at once, in-flight
+requests get ``grace_period`` seconds to finish, then the models are released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from aiohttp import web
+
+from common.lifecycle import bound_port, start_http
+from model_server.config import ModelServerConfig
+from model_server.dataplane import DataPlane
+from model_server.grpc_server import add_port, build_grpc_server
+from model_server.metrics import ModelServerMetrics
+from model_server.repository import ModelRepository
+from model_server.rest import build_app
+
+log = logging.getLogger(__name__)
+
+
+class ModelServer:
+    def __init__(self, config: ModelServerConfig, repository: ModelRepository | None = None) -> None:
+        self.config = config
+        self.repository = repository or _repository(config)
+        self.metrics = ModelServerMetrics()
+        self.dataplane = DataPlane(self.repository, self.metrics)
+        self.app = build_app(self.dataplane, config)
+        self.http_port = 0
+        self.grpc_port = 0
+        self._runner: web.AppRunner | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._loading: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ModelServer http={self.http_port} grpc={self.grpc_port} {self.repository!r}>"
+
+    async def start(self) -> None:
+        c = self.config
+        self._runner = await start_http(
+            self.app,
+            c.host,
+            c.http_port,
+            shutdown_timeout=c.grace_period,
+            keepalive_timeout=c.keepalive_timeout,
+            auto_decompress=False,  # rest.read_body inflates with a size cap and our own errors
+        )
+        self.http_port = bound_port(self._runner)
+        if c.grpc_port >= 0:
+            self._grpc = build_grpc_server(self.dataplane, c)
+            self.grpc_port = add_port(self._grpc, c.host, c.grpc_port)
+            await self._grpc.start()
+        log.info("listening: http %s:%d, grpc %s", c.host, self.http_port, self.grpc_port or "off")
+        self._loading = asyncio.create_task(self._load_models())
+
+    async def _load_models(self) -> None:
+        await self.repository.load_all()
+        self.dataplane.refresh_model_metrics()
+        states = {e.name: e.state for e in self.repository.entries()}
+        log.info("models: %s; server %s", states, "ready" if self.dataplane.ready() else "NOT ready")
+
+    async def wait_loaded(self) -> None:
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
+
+    async def stop(self) -> None:
+        grace = self.config.grace_period
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        stopping = []
+        if self._grpc is not None:
+            stopping.append(self._grpc.stop(grace))
+        if self._runner is not None:
+            stopping.append(self._runner.cleanup())
+        await asyncio.gather(*stopping)
+        self.repository.close()
+        log.info("stopped")
+
+
+def _repository(config: ModelServerConfig) -> ModelRepository:
+    repository = ModelRepository(config.model_repository)
+    if config.model_path is not None and config.model_name is not None:
+        repository.add_file(config.model_name, config.model_path)
+    return repository

@@ -1,0 +1,133 @@
+"""The model interface the dataplane serves: load, metadata, and the preprocess → predict → postprocess hooks.
+
+The payload a hook receives is an :class:`InferRequest` for V2 (REST and gRPC) and the decoded JSON object for
+V1. Each hook may be ``def`` or ``async def``; the dataplane runs plain functions on the model's bounded thread
+pool, never on the event loop. The onnxruntime model is one implementation; user classes are another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import ModelNotReady, Unsupported
+from model_server.types import ModelMetadata
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What a hook may know of the request beyond its payload, and the response headers it may set."""
+
+    protocol: str
+    headers: dict[str, str] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Model:
+    """Base class of everything the model server serves. Subclasses override what they need."""
+
+    platform = "python"
+
+    def __init__(self, name: str, version: str = "1", *, instances: int = 1) -> None:
+        self.name = name
+        self.version = version
+        self.ready = False
+        self.max_batch_size = 0
+        self._pool = ThreadPoolExecutor(max_workers=max(1, instances), thread_name_prefix=f"model-{name}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} v{self.version} ready={self.ready}>"
+
+    def load(self) -> None:
+        """Make the model ready to serve; may block (it runs off the event loop)."""
+        self.ready = True
+
+    def unload(self) -> None:
+        self.ready = False
+        self._pool.shutdown(wait=False)
+
+    def metadata(self) -> ModelMetadata:
+        return ModelMetadata(name=self.name, versions=(self.version,), platform=self.platform, inputs=(), outputs=())
+
+    async def preprocess(self, payload: Any, context: RequestContext) -> Any:
+        return payload
+
+    async def predict(self, payload: Any, context: RequestContext) -> Any:
+        raise Unsupported(f"Model {self.name} does not implement predict")
+
+    async def postprocess(self, result: Any, context: RequestContext) -> Any:
+        return result
+
+    async def explain(self, payload: Any, context: RequestContext) -> Any:
+        raise Unsupported(f"Model {self.name} has no explainer")
+
+    def has_explainer(self) -> bool:
+        return type(self).explain is not Model.explain
+
+    async def call(self, hook: Callable[..., Any], *args: Any) -> Any:
+        """Call a hook: coroutine functions are awaited, plain functions run on this model's thread pool.
+
+        The base class's hooks are coroutine functions, so identity pre/postprocessing costs no thread hop.
+        """
+        if _is_async(hook):
+            return await hook(*args)
+        return await self.run_blocking(hook, *args)
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on this model's bounded thread pool."""
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except RuntimeError:  # the pool was shut down: this version was unloaded or replaced meanwhile
+            raise ModelNotReady(self.name, "It was unloaded.") from None
+        return await future
+
+
+class CallCost:
+    """Decides whether a model call is cheap enough to run inline on the event loop.
+
+    A hop to the thread pool costs about 40 µs of CPU (a queue, a wake-up, a callback), more than a small model's
+    whole call. So a call whose predicted duration (seconds per row, times this call's rows) is under
+    ``inline_max`` runs inline, where blocking the loop that long is harmless; the rest go to the pool. The
+    prediction is the 75th percentile of the last window of measured calls, so a few slow outliers (a GC pause,
+    a preempted thread) do not flip it; until a first window is measured every call goes to the pool.
+    ``inline_max`` 0 turns inlining off.
+    """
+
+    WINDOW = 32
+
+    def __init__(self, inline_max: float) -> None:
+        self.inline_max = inline_max
+        self.per_row: float | None = None
+        self._window: list[float] = []
+
+    def __repr__(self) -> str:
+        per_row = "?" if self.per_row is None else f"{self.per_row * 1e6:.1f}us"
+        return f"<CallCost per_row={per_row} inline_max={self.inline_max * 1e6:.0f}us>"
+
+    def inline(self, rows: int) -> bool:
+        per_row = self.per_row
+        return per_row is not None and per_row * max(rows, 1) < self.inline_max
+
+    def observe(self, seconds: float, rows: int) -> None:
+        window = self._window
+        window.append(seconds / max(rows, 1))
+        if len(window) >= self.WINDOW:
+            window.sort()
+            self.per_row = window[len(window) * 3 // 4]
+            window.clear()
+
+
+_IS_ASYNC: dict[Any, bool] = {}
+
+
+def _is_async(hook: Callable[..., Any]) -> bool:
+    func = getattr(hook, "__func__", hook)
+    known = _IS_ASYNC.get(func)
+    if known is None:
+        known = _IS_ASYNC[func] = inspect.iscoroutinefunction(func)
+    return known

@@ -1,0 +1,1 @@
+"""servelane command-line entry point."""

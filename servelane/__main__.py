@@ -1,0 +1,5 @@
+import sys
+
+from servelane.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""Models built by the tests with onnx.helper (nothing is downloaded): small graphs whose answers are known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 9
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def build_add(path: Path, offset: float = 1.0) -> Path:
+    """x FP32 [-1, 4] -> y = x + offset, FP32 [-1, 4]."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "offset"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        initializer=[numpy_helper.from_array(np.array(offset, dtype=np.float32), "offset")],
+    )
+    return _save(graph, path)
+
+
+def build_identity_multi(path: Path) -> Path:
+    """Inputs a FP32, b INT64, c BOOL (each [-1, 3]) and s STRING [-1, 1]; outputs a2 = 2a, b1 = b + 1,
+    nc = not c, s_out = s."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["a", "two"], ["a2"]),
+            helper.make_node("Add", ["b", "one"], ["b1"]),
+            helper.make_node("Not", ["c"], ["nc"]),
+            helper.make_node("Identity", ["s"], ["s_out"]),
+        ],
+        "multi",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, 3]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, [None, 3]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, [None, 3]),
+            helper.make_tensor_value_info("s", TensorProto.STRING, [None, 1]),
+        ],
+        [
+            helper.make_tensor_value_info("a2", TensorProto.FLOAT, [None, 3]),
+            helper.make_tensor_value_info("b1", TensorProto.INT64, [None, 3]),
+            helper.make_tensor_value_info("nc", TensorProto.BOOL, [None, 3]),
+            helper.make_tensor_value_info("s_out", TensorProto.STRING, [None, 1]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),
+            numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
+        ],
+    )
+    return _save(graph, path)
