@@ -7,7 +7,9 @@ request path, and status is the numeric code.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+
+from common.metrics import LoopHistogram
 
 # Latency buckets from 100 µs (a small model on CPU) to 10 s (a large model, or a cold GPU).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -20,22 +22,23 @@ class ModelServerMetrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         stage = dict(labelnames=("model_name",), buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.preprocess = Histogram("request_preprocess_seconds", "Time spent in preprocess", **stage)
-        self.predict = Histogram("request_predict_seconds", "Time spent in predict", **stage)
-        self.postprocess = Histogram("request_postprocess_seconds", "Time spent in postprocess", **stage)
-        self.explain = Histogram("request_explain_seconds", "Time spent in explain", **stage)
+        # Observed on the event loop only, several times per request: the lock-free LoopHistogram.
+        self.preprocess = LoopHistogram("request_preprocess_seconds", "Time spent in preprocess", **stage)
+        self.predict = LoopHistogram("request_predict_seconds", "Time spent in predict", **stage)
+        self.postprocess = LoopHistogram("request_postprocess_seconds", "Time spent in postprocess", **stage)
+        self.explain = LoopHistogram("request_explain_seconds", "Time spent in explain", **stage)
         self.requests = Counter(
             "model_server_requests",
             "Inference requests by model, protocol and status code",
             ("model_name", "protocol", "code"),
             registry=self.registry,
         )
-        self.batch_size = Histogram(
+        self.batch_size = LoopHistogram(
             "model_server_inference_batch_size",
             "Rows (first dimension) per inference request",
             ("model_name",),
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
+            BATCH_BUCKETS,
+            self.registry,
         )
         self.providers = Gauge(
             "model_server_execution_provider_info",

@@ -61,3 +61,24 @@ def build_identity_multi(path: Path) -> Path:
         ],
     )
     return _save(graph, path)
+
+
+def build_half(path: Path) -> Path:
+    """h FP16 [-1, 2] -> h2 = 2h, FP16 [-1, 2]; and b BF16 [-1, 2] -> bf = float(b), FP32 [-1, 2]."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["h", "two"], ["h2"]),
+            helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+        ],
+        "half",
+        [
+            helper.make_tensor_value_info("h", TensorProto.FLOAT16, [None, 2]),
+            helper.make_tensor_value_info("b", TensorProto.BFLOAT16, [None, 2]),
+        ],
+        [
+            helper.make_tensor_value_info("h2", TensorProto.FLOAT16, [None, 2]),
+            helper.make_tensor_value_info("bf", TensorProto.FLOAT, [None, 2]),
+        ],
+        initializer=[numpy_helper.from_array(np.array(2.0, dtype=np.float16), "two")],
+    )
+    return _save(graph, path)
