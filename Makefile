@@ -23,6 +23,7 @@ run: install
 	exec $(VENV)/bin/servelane model-server --model-repository examples/models --host $(HOST) --http-port $(PORT) --grpc-port $(GRPC_PORT)
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 bench: install

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from skl2onnx import to_onnx
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
-from skl2onnx import to_onnx
 
 
 def build(path: Path) -> Path:

@@ -22,7 +22,8 @@ def parse_args(argv: list[str]) -> ModelServerConfig:
     p.add_argument("--model-repository", type=Path, default=env("SERVELANE_MODEL_REPOSITORY"),
                    help="folder in Triton's layout: <model>/<version>/model.onnx [+ <model>/config.yaml]")
     p.add_argument("--model-name", default=env("SERVELANE_MODEL_NAME"), help="serve one model under this name")
-    p.add_argument("--model-path", type=Path, default=env("SERVELANE_MODEL_PATH"), help="the .onnx file of --model-name")
+    p.add_argument("--model-path", type=Path, default=env("SERVELANE_MODEL_PATH"),
+                   help="the .onnx file of --model-name")
     p.add_argument("--host", default=env("SERVELANE_HOST", "127.0.0.1"))
     p.add_argument("--http-port", type=int, default=int(env("SERVELANE_HTTP_PORT", "8080")))
     p.add_argument("--grpc-port", type=int, default=int(env("SERVELANE_GRPC_PORT", "8081")),

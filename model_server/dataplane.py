@@ -120,6 +120,9 @@ class DataPlane:
             raise InvalidInput('Expected a JSON object with "instances" or "inputs"')
         if "instances" in body and not isinstance(body["instances"], list):
             raise InvalidInput('Expected "instances" to be a list')
+        rows = body.get("inputs", body.get("instances"))  # "inputs" wins, as in codec_v1
+        if isinstance(rows, list):
+            self._stages(model.name)[4].observe(len(rows))
         return await self._pipeline(model, body, context)
 
     async def explain_v1(self, name: str, body: Any, context: RequestContext) -> Any:

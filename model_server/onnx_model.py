@@ -70,7 +70,7 @@ class OnnxModel(Model):
         requested = self.config.execution_providers or default_providers()
         self.requested_providers = [spec.name for spec in requested]
         session = ort.InferenceSession(
-            str(self.path), sess_options=self._session_options(), providers=[spec.as_ort() for spec in requested]
+            str(self.path), sess_options=self.session_options(), providers=[spec.as_ort() for spec in requested]
         )
         self.providers = session.get_providers()
         missing = [name for name in self.requested_providers if name not in self.providers]
@@ -101,7 +101,7 @@ class OnnxModel(Model):
         self._session = session
         self.ready = True
 
-    def _session_options(self) -> ort.SessionOptions:
+    def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
         cores = os.cpu_count() or 1
         options.intra_op_num_threads = self.config.intra_op_threads or max(1, cores // self.config.instances)

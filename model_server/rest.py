@@ -58,20 +58,24 @@ def build_app(dataplane: DataPlane, config: ModelServerConfig) -> web.Applicatio
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into an ``{"error"}`` response, and count inference requests by their final status."""
     try:
-        return await handler(request)
+        response = await handler(request)
     except ServelaneError as exc:
-        return error_response(exc.http_status, exc.message)
+        response = error_response(exc.http_status, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         response = error_response(exc.status, exc.text if exc.status == 413 else _reason(request, exc))
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
-        return response
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path)
-        return error_response(500, "Internal server error")
+        response = error_response(500, "Internal server error")
+    protocol = getattr(handler, "protocol", None)
+    if protocol is not None:
+        request.app[DATAPLANE].count(request.match_info["name"], protocol, response.status)
+    return response
 
 
 def _reason(request: web.Request, exc: web.HTTPException) -> str:
@@ -134,27 +138,13 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 # -- inference -------------------------------------------------------------------------------------------------
 def counted(protocol: str) -> Callable[[Handler], Handler]:
-    """Count every inference request by model, protocol and final status."""
+    """Mark an inference handler: error_middleware counts its requests by model, protocol and final status."""
 
-    def wrap(handler: Handler) -> Handler:
-        async def counting(request: web.Request) -> web.StreamResponse:
-            status = 500
-            try:
-                response = await handler(request)
-                status = response.status
-                return response
-            except ServelaneError as exc:
-                status = exc.http_status
-                raise
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
-            finally:
-                request.app[DATAPLANE].count(request.match_info["name"], protocol, status)
+    def mark(handler: Handler) -> Handler:
+        handler.protocol = protocol  # type: ignore[attr-defined]
+        return handler
 
-        return counting
-
-    return wrap
+    return mark
 
 
 @counted("v2")
@@ -171,19 +161,20 @@ async def v2_infer(request: web.Request) -> web.StreamResponse:
 
 @counted("v1")
 async def v1_predict(request: web.Request) -> web.StreamResponse:
-    request.app[DATAPLANE].model(request.match_info["name"])
-    body = codec_rest.loads(await read_body(request))
-    context = RequestContext("v1", headers=request.headers)  # type: ignore[arg-type]
-    result = await request.app[DATAPLANE].predict_v1(request.match_info["name"], body, context)
-    return reply(request, codec_rest.dumps(result), {"Content-Type": "application/json"}, context)
+    return await _v1(request, request.app[DATAPLANE].predict_v1)
 
 
 @counted("v1")
 async def v1_explain(request: web.Request) -> web.StreamResponse:
-    request.app[DATAPLANE].model(request.match_info["name"])
+    return await _v1(request, request.app[DATAPLANE].explain_v1)
+
+
+async def _v1(request: web.Request, operation: Callable[..., Awaitable[Any]]) -> web.StreamResponse:
+    name = request.match_info["name"]
+    request.app[DATAPLANE].model(name)
     body = codec_rest.loads(await read_body(request))
     context = RequestContext("v1", headers=request.headers)  # type: ignore[arg-type]
-    result = await request.app[DATAPLANE].explain_v1(request.match_info["name"], body, context)
+    result = await operation(name, body, context)
     return reply(request, codec_rest.dumps(result), {"Content-Type": "application/json"}, context)
 
 
@@ -201,7 +192,7 @@ def reply(
 ) -> web.Response:
     headers.update(context.response_headers)
     if context.timings:
-        headers["Server-Timing"] = ", ".join(f"{k};dur={v * 1000:.3f}" for k, v in context.timings.items())
+        headers["Server-Timing"] = ", ".join([f"{k};dur={v * 1000:.3f}" for k, v in context.timings.items()])
     request_id = request.headers.get("x-request-id")
     if request_id:
         headers["x-request-id"] = request_id

@@ -12,7 +12,8 @@ OPSET = 17
 IR_VERSION = 9
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
+def save_model(graph: onnx.GraphProto, path: Path) -> Path:
+    """Wrap ``graph`` in a model of our opset, check it, and write it to ``path`` (folders made as needed)."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +30,7 @@ def build_add(path: Path, offset: float = 1.0) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
         initializer=[numpy_helper.from_array(np.array(offset, dtype=np.float32), "offset")],
     )
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def build_identity_multi(path: Path) -> Path:
@@ -60,7 +61,7 @@ def build_identity_multi(path: Path) -> Path:
             numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
         ],
     )
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def build_half(path: Path) -> Path:
@@ -81,4 +82,4 @@ def build_half(path: Path) -> Path:
         ],
         initializer=[numpy_helper.from_array(np.array(2.0, dtype=np.float16), "two")],
     )
-    return _save(graph, path)
+    return save_model(graph, path)

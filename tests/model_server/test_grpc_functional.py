@@ -141,7 +141,8 @@ async def test_model_metadata(server: Server) -> None:
     assert metadata["versions"] == ["1"]
     assert metadata["platform"] == "onnxruntime_onnx"
     assert [(i["name"], i["datatype"], i["shape"]) for i in metadata["inputs"]] == [
-        ("a", "FP32", ["-1", "3"]), ("b", "INT64", ["-1", "3"]), ("c", "BOOL", ["-1", "3"]), ("s", "BYTES", ["-1", "1"]),
+        ("a", "FP32", ["-1", "3"]), ("b", "INT64", ["-1", "3"]),
+        ("c", "BOOL", ["-1", "3"]), ("s", "BYTES", ["-1", "1"]),
     ]
     assert [o["name"] for o in metadata["outputs"]] == ["a2", "b1", "nc", "s_out"]
 
