@@ -4,7 +4,8 @@ A suite builds :class:`Case` objects (a name, a concurrency, a ``drive`` corouti
 phase, and the pid of the process whose CPU counts as the server's), and :func:`run_suite` measures each case
 ``repeats`` times, cases inner and repeats outer so that drift on a shared machine spreads over every case. Each
 measured phase follows its own warm-up phase. Server CPU per request is the utime+stime delta of the server pid
-over the measured phase divided by the requests completed. Ratios are computed inside each repeat (side by side)
+over the measured phase divided by the requests completed; a case behind a proxy may name its upstream's pid too,
+whose CPU per request is reported beside the server's. Ratios are computed inside each repeat (side by side)
 and reported as the median over repeats, as every other number is.
 """
 
@@ -49,6 +50,7 @@ class Case:
     concurrency: int
     drive: Drive
     pid: int | None  # the server's pid; None: the load reports its own work CPU (in-process floors)
+    upstream_pid: int | None = None  # what the server forwards to, when it is a proxy: its CPU is reported apart
 
     @property
     def key(self) -> str:
@@ -69,6 +71,7 @@ class Measurement:
     client_cpu_us: float | None  # per request
     other_cpu_pct: float | None = None  # CPU that neither server nor client used, % of all cores: a noise gauge
     error_sample: str = ""
+    upstream_cpu_us: float | None = None  # per request, for a case with an upstream pid
 
     @property
     def key(self) -> str:
@@ -89,6 +92,7 @@ class SuiteResult:
     runs: list[dict[str, Measurement]] = field(default_factory=list)  # one dict per repeat, by case key
     medians: list[Measurement] = field(default_factory=list)
     ratios: list[Ratio] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # printed under the table: what was skipped, and why
 
 
 def probed(drive: Drive, probe: Callable[[], Awaitable[None]]) -> Drive:
@@ -132,8 +136,11 @@ async def measure(case: Case, options: Options) -> Measurement:
             await case.drive(case.concurrency, options.warmup)
         busy = machine_busy_seconds()
         before = process_cpu_seconds(case.pid) if case.pid is not None else 0.0
+        upstream = process_cpu_seconds(case.upstream_pid) if case.upstream_pid is not None else 0.0
         load = await case.drive(case.concurrency, options.duration)
         work = process_cpu_seconds(case.pid) - before if case.pid is not None else (load.work_cpu_s or 0.0)
+        if case.upstream_pid is not None:
+            upstream = process_cpu_seconds(case.upstream_pid) - upstream
         busy = machine_busy_seconds() - busy
     except Exception as exc:  # a failed phase is reported in the table, and the suite goes on
         return Measurement(case.name, case.concurrency, "-", 0, 1, 0.0, math.nan, math.nan, math.nan, None,
@@ -142,10 +149,11 @@ async def measure(case: Case, options: Options) -> Measurement:
     client = None if load.client_cpu_s is None else load.client_cpu_s / n * 1e6
     other = None  # an in-process case's window holds its child's start-up, which is not noise
     if case.pid is not None:
-        other = max(0.0, busy - work - (load.client_cpu_s or 0.0)) / (load.elapsed_s * (os.cpu_count() or 1)) * 100
+        used = work + upstream + (load.client_cpu_s or 0.0)
+        other = max(0.0, busy - used) / (load.elapsed_s * (os.cpu_count() or 1)) * 100
     return Measurement(case.name, case.concurrency, load.generator, load.requests, load.errors,
                        load.requests / load.elapsed_s, load.p50_ms, load.p99_ms, work / n * 1e6, client, other,
-                       load.error_sample)
+                       load.error_sample, None if case.upstream_pid is None else upstream / n * 1e6)
 
 
 async def run_suite(
@@ -180,7 +188,7 @@ def median_of(ms: list[Measurement]) -> Measurement:
     return Measurement(first.case, first.concurrency, first.generator, int(med("requests")),
                        sum(m.errors for m in ms), med("rps"), med("p50_ms"), med("p99_ms"), med("server_cpu_us"),
                        med("client_cpu_us"), med("other_cpu_pct"),
-                       next((m.error_sample for m in ms if m.error_sample), ""))
+                       next((m.error_sample for m in ms if m.error_sample), ""), med("upstream_cpu_us"))
 
 
 def median_ratios(per_run: list[list[Ratio]]) -> list[Ratio]:
@@ -200,13 +208,13 @@ def check(value: float | None, target: str) -> bool | None:
 
 
 def format_table(result: SuiteResult) -> str:
-    head = ("case", "conc", "gen", "rps", "p50 ms", "p99 ms", "srv CPU us/req", "cli CPU us/req", "other CPU %",
-            "errors")
+    upstreams = any(m.upstream_cpu_us is not None for m in result.medians)  # the column only where a case has one
+    head = ("case", "conc", "gen", "rps", "p50 ms", "p99 ms", "srv CPU us/req", *("ups CPU us/req",) * upstreams,
+            "cli CPU us/req", "other CPU %", "errors")
     rows = [head] + [
         (m.case, str(m.concurrency), m.generator, f"{m.rps:.0f}", f"{m.p50_ms:.3f}", f"{m.p99_ms:.3f}",
-         f"{m.server_cpu_us:.0f}", "-" if m.client_cpu_us is None else f"{m.client_cpu_us:.0f}",
-         "-" if m.other_cpu_pct is None else f"{m.other_cpu_pct:.0f}",
-         str(m.errors) + (" !" if m.errors else ""))
+         f"{m.server_cpu_us:.0f}", *(_opt(m.upstream_cpu_us),) * upstreams, _opt(m.client_cpu_us),
+         _opt(m.other_cpu_pct), str(m.errors) + (" !" if m.errors else ""))
         for m in result.medians
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -215,7 +223,10 @@ def format_table(result: SuiteResult) -> str:
     runs = len(result.runs)
     out = [f"== {result.name}: median of {runs} run{'s' * (runs != 1)} ==", *lines,
            "(other CPU %: what the rest of the machine used during the phase, of all cores; high means noise)"]
+    if upstreams:
+        out.append("(ups CPU us/req: the upstream's CPU per request, for cases through a proxy)")
     out += [f"  ! {m.key}: {m.error_sample}" for m in result.medians if m.errors]
+    out += [f"  note: {note}" for note in result.notes]
     if result.ratios:
         out += ["", "ratios (computed within each run, median over runs):"]
         for r in result.ratios:
@@ -226,6 +237,10 @@ def format_table(result: SuiteResult) -> str:
     return "\n".join(out)
 
 
+def _opt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def write_json(results: list[SuiteResult], options: Options, started: float, path: Path | None = None) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(started))
     path = path or RESULTS / f"{stamp}.json"
@@ -234,6 +249,7 @@ def write_json(results: list[SuiteResult], options: Options, started: float, pat
         "started": stamp, "wall_s": round(time.time() - started, 1), "options": asdict(options), "host": _host(),
         "suites": [
             {"name": r.name, "median": [_row(m) for m in r.medians], "ratios": [asdict(x) for x in r.ratios],
+             "notes": r.notes,
              "runs": [[_row(m) for m in run.values()] for run in r.runs]}
             for r in results
         ],

@@ -63,16 +63,25 @@ class Load:
 
 def find_wrk(install: bool) -> str | None:
     """The wrk binary; when missing and ``install``, try ``apt-get install wrk`` once (root only, bounded)."""
-    path = shutil.which("wrk")
+    return find_or_install("wrk", ("wrk",), install)
+
+
+def find_or_install(binary: str, packages: tuple[str, ...], install: bool) -> str | None:
+    """``binary`` (also looked for in the sbin folders); when missing and ``install``, try ``apt-get install`` of
+    each package in turn, then again after ``apt-get update`` (root only, each step bounded)."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    path = shutil.which(binary, path=search)
     if path or not install or os.geteuid() != 0 or not shutil.which("apt-get"):
         return path
-    for argv in (["apt-get", "install", "-y", "-q", "wrk"], ["apt-get", "update", "-q"],
-                 ["apt-get", "install", "-y", "-q", "wrk"]):
+    installs = [["apt-get", "install", "-y", "-q", package] for package in packages]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (*installs, ["apt-get", "update", "-q"], *installs):
         try:
-            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180, check=False)
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180, check=False,
+                           env=env)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        if path := shutil.which("wrk"):
+        if path := shutil.which(binary, path=search):
             return path
     return None
 
