@@ -79,7 +79,10 @@ class Breaker:
                 self._running -= 1
                 self._grant()
             else:
-                self._waiters.remove(waiter)
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:  # _grant already dropped it, seeing it cancelled
+                    pass
             self._in -= 1
             raise
 

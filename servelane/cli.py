@@ -7,6 +7,7 @@ import sys
 
 COMPONENTS = {
     "model-server": "model_server.__main__",
+    "queue-proxy": "queue_proxy.__main__",
 }
 
 

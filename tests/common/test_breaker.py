@@ -89,6 +89,19 @@ async def test_capacity_changes_at_run_time():
     assert "running=1/1" in repr(breaker)
 
 
+async def test_waiter_cancelled_and_skipped_by_a_grant_before_it_runs():
+    breaker = Breaker(1)
+    await breaker.acquire()
+    waiter = asyncio.create_task(breaker.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()  # its future is cancelled now; its except block has not run yet...
+    breaker.release()  # ...and the grant pops the cancelled future and skips it
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert breaker.in_flight == 0 and breaker.running == 0
+    assert breaker.try_acquire()
+
+
 def test_try_acquire_respects_waiters_and_capacity():
     breaker = Breaker(1)
     assert breaker.try_acquire()

@@ -1,0 +1,287 @@
+"""Composes the queue-proxy: the gated proxy on the serving ports, probes, drain, stats and metrics.
+
+The main HTTP port, for every request, in this order:
+  1. probes (kubelet user agents or a ``K-Network-Probe`` header) are answered here and never counted;
+  2. the drainer notes the request (it restarts the quiet period while draining);
+  3. stats count it as concurrency from now on (so queued requests count), proxied if the activator sent it;
+  4. the breaker admits it (503 when the queue is full; the wait counts against the total timeout: 504);
+  5. Knative's headers are rewritten and the request is streamed to the model server with the timeouts;
+  6. the outcome is recorded in the Prometheus metrics.
+The gRPC port applies 2-4 and 6 to every call through :mod:`common.grpc_proxy`. The admin port serves
+``/wait-for-drain``; the stats port the autoscaler's ``Stat``; the metrics port Prometheus text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from common.breaker import Breaker
+from common.errors import ServelaneError, UpstreamTimeout
+from common.http import error_response, http_status_of
+from common.lifecycle import bound_port, start_http
+from common.proxy import TIMEOUT_MESSAGE, ProxyClient, Timeouts, upstream_headers
+from queue_proxy.config import QueueProxyConfig
+from queue_proxy.drain import Drainer
+from queue_proxy.metrics import QueueProxyMetrics
+from queue_proxy.probes import UpstreamProber
+from queue_proxy.stats import RequestStats, StatsReporter
+
+if TYPE_CHECKING:
+    from common.grpc_proxy import CallOutcome, GrpcProxy
+
+log = logging.getLogger(__name__)
+
+PROBE_AGENTS = ("kube-probe/", "Knative-Activator-Probe", "Knative-Autoscaling-Probe")
+STRIPPED = ("Knative-Serving-Revision", "Knative-Serving-Namespace")  # common.grpc_proxy strips them on gRPC
+
+
+class QueueProxy:
+    def __init__(self, config: QueueProxyConfig) -> None:
+        self.config = config
+        concurrency = config.container_concurrency
+        self.breaker = Breaker(concurrency) if concurrency > 0 else None  # Knative: below 1, no breaker at all
+        self.stats = RequestStats()
+        self.reporter = StatsReporter(self.stats, config.pod)
+        self.metrics = QueueProxyMetrics(config.revision, config.namespace, config.configuration, config.pod)
+        # Knative reports a queue depth only where there is a breaker.
+        self.metrics.track(
+            queue_depth=self._queue_depth if self.breaker else None, in_flight=lambda: self.stats.concurrency
+        )
+        self.drainer = Drainer(config.drain_quiet_period)
+        host, port = config.upstream.rsplit(":", 1)
+        self.prober = UpstreamProber(host, int(port), config.readiness_path, config.probe_period)
+        self.client = ProxyClient("queue-proxy", limit=concurrency or 1000)
+        self.timeouts = Timeouts(config.timeout, config.response_start_timeout, config.idle_timeout)
+        self.grpc: GrpcProxy | None = None
+        self.ports: dict[str, int] = {}
+        self._runners: dict[str, web.AppRunner] = {}
+        self._sigterm = asyncio.Event()
+        self._drained = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<QueueProxy {self.config.upstream} ports={self.ports} {self.breaker!r} {self.drainer!r}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        c = self.config
+        await self.client.start()
+        await self.prober.start()
+        self.reporter.start()
+        apps = {
+            "http": (self.main_app(), c.port),
+            "admin": (self.admin_app(), c.admin_port),
+            "stats": (self.reporter.app(), c.stats_port),
+            "metrics": (self.metrics.app(), c.metrics_port),
+        }
+        for name, (app, port) in apps.items():
+            runner = await start_http(
+                app, c.host, port, shutdown_timeout=c.timeout, handler_cancellation=(name == "http"),
+                auto_decompress=False,
+            )
+            self._runners[name] = runner
+            self.ports[name] = bound_port(runner)
+        if c.upstream_grpc is not None:
+            from common.grpc_proxy import build_grpc_proxy  # grpc costs ~9 MB of RSS: only when there is gRPC
+
+            self.grpc = build_grpc_proxy(
+                c.upstream_grpc, admit=self._grpc_admit, timeout=c.timeout, max_message_bytes=64 * 1024 * 1024
+            )
+            self.ports["grpc"] = await self.grpc.start(c.host, c.grpc_port)
+        log.info("queue-proxy for %s listening on %s", c.upstream, self.ports)
+
+    async def run_until_drained(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` (SIGTERM); then drain, stop accepting, and let in-flight requests finish."""
+        await stop.wait()
+        self._sigterm.set()
+        self.drainer.start()
+        await self.drainer.wait_quiet()
+        self._drained.set()
+        await self.stop()
+
+    async def stop(self) -> None:
+        main = self._runners.pop("http", None)
+        stopping = [] if main is None else [main.cleanup()]
+        if self.grpc is not None:
+            stopping.append(self.grpc.stop(self.config.timeout))
+        await asyncio.gather(*stopping)  # listeners closed at once; in-flight requests run to the end
+        for runner in self._runners.values():
+            await runner.cleanup()
+        self._runners.clear()
+        await self.reporter.stop()
+        await self.prober.close()
+        await self.client.close()
+        log.info("queue-proxy stopped")
+
+    # -- the serving port --------------------------------------------------------------------------------------
+    def main_app(self) -> web.Application:
+        app = web.Application(client_max_size=0)  # bodies stream through; the model server enforces its limit
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        headers = request.headers
+        if "K-Network-Probe" in headers or headers.get("User-Agent", "").startswith(PROBE_AGENTS):
+            return await self._probe(request)
+        started = time.perf_counter()
+        proxied = headers.get("K-Proxy-Request") == "activator"
+        status, app_started = 500, None
+        self.drainer.touch()
+        try:
+            async with Admission(self, proxied, started) as admission:
+                app_started = time.perf_counter()
+                response = await self.client.forward(
+                    request, self.config.upstream_url, headers=_upstream_headers(request), timeouts=self.timeouts,
+                    started=started, timings=admission.timings,
+                )
+            status = response.status
+            return response
+        except ServelaneError as exc:
+            status = exc.http_status
+            return error_response(exc.http_status, exc.message)
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's code for it); not a failure of ours
+            raise
+        except Exception:
+            log.exception("unhandled error proxying %s %s", request.method, request.path)
+            return error_response(500, "Internal server error")
+        finally:
+            now = time.perf_counter()
+            self.metrics.observe(status, now - started, None if app_started is None else now - app_started)
+
+    async def _probe(self, request: web.Request) -> web.Response:
+        value = request.headers.get("K-Network-Probe")
+        if value == "probe":  # the ingress's network probe: answered here, the model server is not touched
+            probe_hash = request.headers.get("K-Network-Hash")
+            if not probe_hash:
+                return web.Response(status=400, text="probe hash missing")
+            if self.drainer.draining:
+                return web.Response(status=503, text="shutting down")
+            return web.Response(text="queue", headers={"K-Network-Hash": probe_hash})
+        if self.drainer.draining:
+            return web.Response(status=503, text="shutting down")
+        if value != "queue":
+            return web.Response(status=400, text=f"unexpected probe header value: {value}")
+        if await self.prober.probe():
+            return web.Response(text="queue")
+        return web.Response(status=503)
+
+    # -- gRPC admission ----------------------------------------------------------------------------------------
+    def _grpc_admit(self, metadata: dict[str, str]) -> GrpcAdmission:
+        self.drainer.touch()
+        return GrpcAdmission(self, metadata.get("k-proxy-request") == "activator")
+
+    # -- admin -------------------------------------------------------------------------------------------------
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/wait-for-drain", self.wait_for_drain)
+        return app
+
+    async def wait_for_drain(self, request: web.Request) -> web.Response:
+        """A preStop hook's call: drain now; if no SIGTERM follows within a second, call it off (Knative)."""
+        self.drainer.start()
+        try:
+            await asyncio.wait_for(self._sigterm.wait(), 1.0)
+        except TimeoutError:
+            self.drainer.reset()
+            return web.Response(text="drain reset: no SIGTERM followed")
+        await self._drained.wait()
+        return web.Response(text="drained")
+
+    # -- gauges ------------------------------------------------------------------------------------------------
+    def _queue_depth(self) -> float:
+        return float(self.breaker.in_flight) if self.breaker is not None else 0.0
+
+
+class Admission:
+    """One request's way through stats and the breaker (an async context manager without generator overhead).
+
+    The breaker wait counts against the total timeout: a request still queued when it runs out gets 504, not 503.
+    """
+
+    __slots__ = ("qp", "proxied", "started", "admitted_at", "timings", "_admitted")
+
+    def __init__(self, qp: QueueProxy, proxied: bool, started: float) -> None:
+        self.qp, self.proxied, self.started = qp, proxied, started
+        self.admitted_at = started
+        self.timings: dict[str, float] | None = None
+        self._admitted = False
+
+    async def __aenter__(self) -> Admission:
+        qp = self.qp
+        qp.stats.request_in(self.proxied)
+        try:
+            breaker = qp.breaker
+            if breaker is not None:
+                if not breaker.try_acquire():
+                    try:
+                        async with asyncio.timeout(qp.config.timeout):
+                            await breaker.acquire()
+                    except TimeoutError:
+                        raise UpstreamTimeout(TIMEOUT_MESSAGE) from None
+                self._admitted = True
+                self.admitted_at = time.perf_counter()
+                self.timings = {"queue-wait": self.admitted_at - self.started}
+        except BaseException:
+            self._leave()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        qp = self.qp
+        if self._admitted:
+            qp.breaker.release()  # type: ignore[union-attr]
+            self._admitted = False
+        qp.stats.request_out(self.proxied)
+
+
+class GrpcAdmission(Admission):
+    """The same admission for a gRPC call, which also records the call's final status in the metrics: the status
+    the proxy set on the outcome, or the error that kept the call from being admitted."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self, qp: QueueProxy, proxied: bool) -> None:
+        from common.grpc_proxy import CallOutcome
+
+        super().__init__(qp, proxied, time.perf_counter())
+        self.outcome = CallOutcome()
+
+    async def __aenter__(self) -> CallOutcome:  # type: ignore[override]
+        try:
+            await super().__aenter__()
+        except ServelaneError as exc:
+            self.qp.metrics.observe(exc.http_status, time.perf_counter() - self.started, None)
+            raise
+        except asyncio.CancelledError:  # the client went away, or the total timeout ran out, while queued
+            self.qp.metrics.observe(499, time.perf_counter() - self.started, None)
+            raise
+        return self.outcome
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await super().__aexit__(exc_type, exc, tb)
+        now = time.perf_counter()
+        self.qp.metrics.observe(http_status_of(self.outcome.code), now - self.started, now - self.admitted_at)
+
+
+def _upstream_headers(request: web.Request) -> object:
+    """What the model server gets: Knative's routing headers gone, ``K-Original-Host`` back as Host."""
+    headers = upstream_headers(request)
+    for name in STRIPPED:
+        headers.popall(name, None)
+    original_host = headers.popall("K-Original-Host", None)
+    if original_host:
+        headers["Host"] = original_host[0]
+    return headers
