@@ -14,13 +14,23 @@
     version_policy: all          # all | {latest: N} | {specific: [1, 3]}
     v1_output: label             # which output V1 :predict returns as "predictions" (default: the first)
     model_file: model.onnx
+    model_class: pkg.module:Cls  # serve a Python class (a model_server.model.Model subclass) instead of ONNX;
+                                 # it gets the version folder (or the model folder, without versions) as .path
+    dynamic_batching:            # queue V2 requests and run them together (off without this key, or null)
+      max_batch_rows: 32         # rows per batch (sum of the requests' first dimensions)
+      max_queue_delay_us: 500    # the oldest request waits at most this long for a fuller batch (0: no wait)
+      preferred_batch_rows: [8, 16]  # send at once when the queued rows make one of these sizes
+    explainer:                   # the occlusion explainer (model_server.explainer): :explain answers
+      output: probabilities      # the output whose values are attributed (default: the first float output)
+      baseline: [0, 0, 0, 0]     # what a feature is replaced with (default: zeros)
 
-An unknown key is an error naming it, never silently ignored.
+An unknown key is an error naming it, never silently ignored. The server's flags (``--batch-*``,
+``--explainer-*``, ``--model-class``) give the defaults of the keys a config.yaml leaves out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +53,27 @@ class ProviderSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    max_batch_rows: int
+    max_queue_delay_us: int = 0
+    preferred_batch_rows: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_batch_rows < 1:
+            raise ModelConfigError("dynamic_batching: max_batch_rows must be at least 1")
+        if self.max_queue_delay_us < 0:
+            raise ModelConfigError("dynamic_batching: max_queue_delay_us must not be negative")
+        if any(size < 1 or size > self.max_batch_rows for size in self.preferred_batch_rows):
+            raise ModelConfigError("dynamic_batching: preferred_batch_rows must lie between 1 and max_batch_rows")
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainerConfig:
+    output: str | None = None  # None: the first floating-point output
+    baseline: tuple[float, ...] | None = None  # None: zeros
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     max_batch_size: int = 0
     instances: int = 1
@@ -54,9 +85,15 @@ class ModelConfig:
     version_policy: Any = "all"
     v1_output: str | None = None
     model_file: str = "model.onnx"
+    model_class: str | None = None
+    dynamic_batching: BatchingConfig | None = None
+    explainer: ExplainerConfig | None = None
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], where: str = "model config") -> ModelConfig:
+    def from_dict(
+        cls, raw: dict[str, Any], where: str = "model config", base: ModelConfig | None = None
+    ) -> ModelConfig:
+        """Parse a config.yaml mapping; keys it leaves out keep their value in ``base`` (the server's defaults)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -75,20 +112,27 @@ class ModelConfig:
             values["execution_providers"] = _providers(values["execution_providers"], where)
         if "version_policy" in values:
             _check_version_policy(values["version_policy"], where)
-        return cls(**values)
+        model_class = values.get("model_class")
+        if model_class is not None and (not isinstance(model_class, str) or ":" not in model_class):
+            raise ModelConfigError(f"{where}: model_class must be 'package.module:Class', got {model_class!r}")
+        if "dynamic_batching" in values:
+            values["dynamic_batching"] = _batching(values["dynamic_batching"], where)
+        if "explainer" in values:
+            values["explainer"] = _explainer(values["explainer"], where)
+        return replace(base, **values) if base is not None else cls(**values)
 
     @classmethod
-    def load(cls, model_dir: Path) -> ModelConfig:
+    def load(cls, model_dir: Path, base: ModelConfig | None = None) -> ModelConfig:
         path = model_dir / CONFIG_FILE
         if not path.exists():
-            return cls()
+            return base if base is not None else cls()
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ModelConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ModelConfigError(f"{path}: expected a mapping at the top level")
-        return cls.from_dict(raw, where=str(path))
+        return cls.from_dict(raw, where=str(path), base=base)
 
     def select_versions(self, available: list[int]) -> list[int]:
         """The versions to serve out of those on disk, ascending."""
@@ -137,3 +181,37 @@ def _check_version_policy(value: Any, where: str) -> None:
         if isinstance(specific, list) and specific and all(isinstance(v, int) and v >= 1 for v in specific):
             return
     raise ModelConfigError(f"{where}: version_policy must be all, {{latest: N}} or {{specific: [versions]}}")
+
+
+def _batching(value: Any, where: str) -> BatchingConfig | None:
+    if value is None or value is False:
+        return None
+    keys = {"max_batch_rows", "max_queue_delay_us", "preferred_batch_rows"}
+    if not isinstance(value, dict) or not set(value) <= keys or "max_batch_rows" not in value:
+        raise ModelConfigError(f"{where}: dynamic_batching takes max_batch_rows and optionally {sorted(keys)}")
+    for key in ("max_batch_rows", "max_queue_delay_us"):
+        if key in value and (not isinstance(value[key], int) or isinstance(value[key], bool)):
+            raise ModelConfigError(f"{where}: dynamic_batching.{key} must be an integer, got {value[key]!r}")
+    preferred = value.get("preferred_batch_rows") or []
+    if not isinstance(preferred, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in preferred):
+        raise ModelConfigError(f"{where}: dynamic_batching.preferred_batch_rows must be a list of integers")
+    try:
+        return BatchingConfig(value["max_batch_rows"], value.get("max_queue_delay_us", 0), tuple(sorted(preferred)))
+    except ModelConfigError as exc:
+        raise ModelConfigError(f"{where}: {exc}") from None
+
+
+def _explainer(value: Any, where: str) -> ExplainerConfig | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return ExplainerConfig()
+    if not isinstance(value, dict) or not set(value) <= {"output", "baseline"}:
+        raise ModelConfigError(f"{where}: explainer takes output and baseline")
+    output, baseline = value.get("output"), value.get("baseline")
+    if output is not None and not isinstance(output, str):
+        raise ModelConfigError(f"{where}: explainer.output must be an output name")
+    numbers = isinstance(baseline, list) and all(type(v) in (int, float) for v in baseline)
+    if baseline is not None and not numbers:
+        raise ModelConfigError(f"{where}: explainer.baseline must be a list of numbers")
+    return ExplainerConfig(output, None if baseline is None else tuple(float(v) for v in baseline))

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from model_server.datatypes import from_numpy
+
 Parameters = dict[str, Any]
 
 
@@ -23,6 +25,14 @@ class Tensor:
     shape: tuple[int, ...]
     data: np.ndarray
     parameters: Parameters = field(default_factory=dict)
+
+    @classmethod
+    def from_array(cls, name: str, array: np.ndarray, datatype: str | None = None) -> Tensor:
+        """A tensor holding ``array``; the datatype follows its dtype (str and bytes arrays are BYTES)."""
+        datatype = datatype or from_numpy(array.dtype)
+        if datatype == "BYTES" and array.dtype != np.object_:
+            array = array.astype(np.object_)
+        return cls(name, datatype, tuple(array.shape), array)
 
 
 @dataclass(slots=True)
@@ -56,6 +66,12 @@ class InferResponse:
     model_version: str | None = None
     parameters: Parameters = field(default_factory=dict)
 
+    def output(self, name: str) -> Tensor | None:
+        for tensor in self.outputs:
+            if tensor.name == name:
+                return tensor
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
@@ -67,6 +83,10 @@ class TensorSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TensorSpec:
+        return cls(str(doc["name"]), str(doc["datatype"]), tuple(int(d) for d in doc["shape"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +109,15 @@ class ModelMetadata:
         if self.parameters:
             body["parameters"] = self.parameters
         return body
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ModelMetadata:
+        """The metadata another server reported (a KeyError or ValueError if it is malformed)."""
+        return cls(
+            name=str(doc["name"]),
+            versions=tuple(str(v) for v in doc.get("versions") or ()),
+            platform=str(doc.get("platform", "")),
+            inputs=tuple(TensorSpec.from_dict(t) for t in doc.get("inputs") or ()),
+            outputs=tuple(TensorSpec.from_dict(t) for t in doc.get("outputs") or ()),
+            parameters=dict(doc.get("parameters") or {}),
+        )
