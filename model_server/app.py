@@ -1,8 +1,10 @@
 """Composes the model server: repository → dataplane → REST app and gRPC server, started and stopped in order.
 
-Start: bind HTTP and gRPC first (so liveness answers at once), then load the models in the background; the
-server reports ready once every model is. Stop (SIGTERM): both listeners stop accepting at once, in-flight
-requests get ``grace_period`` seconds to finish, then the models are released.
+Start: open the predictor client (transformer and explainer roles), bind HTTP and gRPC (so liveness answers at
+once), then load the models in the background; the server reports ready once every model is (and, with
+``--predictor-health-check``, once the predictor says the model is). Stop (SIGTERM): both listeners stop
+accepting at once, in-flight requests get ``grace_period`` seconds to finish, then the predictor client is closed
+and the models are released.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import grpc
 from aiohttp import web
 
 from common.lifecycle import bound_port, start_http
-from model_server.config import ModelServerConfig
+from model_server.config import DEFAULT_MODEL_NAME, ModelServerConfig
+from model_server.custom import ModelFactory
 from model_server.dataplane import DataPlane
 from model_server.grpc_server import add_port, build_grpc_server
 from model_server.metrics import ModelServerMetrics
+from model_server.predictor_client import PredictorClient, build_predictor
 from model_server.repository import ModelRepository
 from model_server.rest import build_app
 
@@ -27,9 +31,11 @@ log = logging.getLogger(__name__)
 class ModelServer:
     def __init__(self, config: ModelServerConfig, repository: ModelRepository | None = None) -> None:
         self.config = config
-        self.repository = repository or _repository(config)
+        self.predictor = _predictor(config)
+        self.repository = repository or _repository(config, self.predictor)
         self.metrics = ModelServerMetrics()
-        self.dataplane = DataPlane(self.repository, self.metrics)
+        upstream = self.predictor.ready if self.predictor is not None and config.predictor_health_check else None
+        self.dataplane = DataPlane(self.repository, self.metrics, upstream_ready=upstream)
         self.app = build_app(self.dataplane, config)
         self.http_port = 0
         self.grpc_port = 0
@@ -42,6 +48,8 @@ class ModelServer:
 
     async def start(self) -> None:
         c = self.config
+        if self.predictor is not None:
+            await self.predictor.start()
         self._runner = await start_http(
             self.app,
             c.host,
@@ -62,7 +70,7 @@ class ModelServer:
         await self.repository.load_all()
         self.dataplane.refresh_model_metrics()
         states = {e.name: e.state for e in self.repository.entries()}
-        log.info("models: %s; server %s", states, "ready" if self.dataplane.ready() else "NOT ready")
+        log.info("models: %s; server %s", states, "ready" if self.repository.all_ready() else "NOT ready")
 
     async def wait_loaded(self) -> None:
         if self._loading is not None:
@@ -78,12 +86,23 @@ class ModelServer:
         if self._runner is not None:
             stopping.append(self._runner.cleanup())
         await asyncio.gather(*stopping)
+        if self.predictor is not None:
+            await self.predictor.close()
         self.repository.close()
         log.info("stopped")
 
 
-def _repository(config: ModelServerConfig) -> ModelRepository:
-    repository = ModelRepository(config.model_repository)
-    if config.model_path is not None and config.model_name is not None:
-        repository.add_file(config.model_name, config.model_path)
+def _predictor(config: ModelServerConfig) -> PredictorClient | None:
+    if config.predictor_host is None:
+        return None
+    return build_predictor(config.predictor_host, config.predictor_protocol, config.predictor_timeout,
+                           max_message_bytes=config.grpc_max_message_bytes)
+
+
+def _repository(config: ModelServerConfig, predictor: PredictorClient | None) -> ModelRepository:
+    repository = ModelRepository(
+        config.model_repository, factory=ModelFactory(predictor), defaults=config.model_defaults
+    )
+    if config.model_repository is None:
+        repository.add_file(config.model_name or DEFAULT_MODEL_NAME, config.model_path)
     return repository

@@ -4,7 +4,8 @@ Pure conversion, no I/O. Inputs may arrive as ``raw_input_contents`` (what trito
 ``np.frombuffer``: the array is a read-only view of the bytes object protobuf hands back, with no further copy)
 or as typed ``contents``; never both in one request. FP16 and BF16 have no typed field and must be raw.
 Responses always carry ``raw_output_contents``, one entry per output in order, because tritonclient's
-``as_numpy`` reads nothing else for numeric tensors.
+``as_numpy`` reads nothing else for numeric tensors. The client side (a transformer calling its predictor) is
+at the end: :func:`encode_request`, :func:`decode_response`.
 """
 
 from __future__ import annotations
@@ -169,3 +170,44 @@ def encode_model_metadata(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+
+
+# -- the client side: what a transformer sends its predictor, and reads back ------------------------------------
+def encode_request(request: InferRequest) -> pb.ModelInferRequest:
+    """A ModelInferRequest with every input in ``raw_input_contents`` (what tritonclient sends)."""
+    message = pb.ModelInferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version or "",
+        id=request.id or "",
+        raw_input_contents=[array_to_raw(tensor.data, tensor.datatype) for tensor in request.inputs],
+    )
+    encode_parameters(request.parameters, message.parameters)
+    for tensor in request.inputs:
+        entry = message.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        encode_parameters(tensor.parameters, entry.parameters)
+    for out in request.outputs or ():
+        encode_parameters(out.parameters, message.outputs.add(name=out.name).parameters)
+    return message
+
+
+def decode_response(message: pb.ModelInferResponse) -> InferResponse:
+    """Raw or typed output contents to an InferResponse; a malformed message raises InvalidInput."""
+    raw = message.raw_output_contents
+    if raw and len(raw) != len(message.outputs):
+        raise InvalidInput(f"{len(message.outputs)} outputs but {len(raw)} entries in raw_output_contents")
+    outputs = [_raw_input(t, raw[i]) if raw else _typed_input(t) for i, t in enumerate(message.outputs)]
+    return InferResponse(
+        model_name=message.model_name,
+        model_version=message.model_version or None,
+        id=message.id,
+        outputs=outputs,
+        parameters=decode_parameters(message.parameters),
+    )
+
+
+def decode_model_metadata(message: pb.ModelMetadataResponse) -> ModelMetadata:
+    def specs(tensors: Any) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors)
+
+    return ModelMetadata(message.name, tuple(message.versions), message.platform,
+                         specs(message.inputs), specs(message.outputs))

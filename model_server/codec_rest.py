@@ -4,7 +4,8 @@ Which form a body takes is decided by ``Inference-Header-Content-Length`` alone 
 the whole body is JSON; present, it is the length of the JSON header, and the binary blobs of the inputs that
 declare ``binary_data_size`` follow it in input order. Responses carry binary outputs when the request asks
 (per output ``binary_data``, which overrides the request-wide ``binary_data_output``), and always for FP16/BF16
-and for BYTES that are not UTF-8.
+and for BYTES that are not UTF-8. The client side (a transformer calling its predictor) sends every input as
+binary and asks for binary outputs: :func:`encode_request`, :func:`decode_response`.
 """
 
 from __future__ import annotations
@@ -78,35 +79,36 @@ def decode_request(body: bytes, ihcl: str | None, model_name: str, version: str 
     )
 
 
-def _decode_input(item: Any, view: memoryview, offset: int) -> tuple[Tensor, int]:
+def _decode_input(item: Any, view: memoryview, offset: int, kind: str = "input") -> tuple[Tensor, int]:
+    """One input (or, reading a predictor's response, one output) and the offset of the next binary blob."""
     if not isinstance(item, dict):
-        raise InvalidInput("each input must be a JSON object")
+        raise InvalidInput(f"each {kind} must be a JSON object")
     name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
     if not isinstance(name, str):
-        raise InvalidInput("each input needs a string 'name'")
+        raise InvalidInput(f"each {kind} needs a string 'name'")
     if not isinstance(datatype, str):
-        raise InvalidInput(f"input '{name}' needs a string 'datatype'")
+        raise InvalidInput(f"{kind} '{name}' needs a string 'datatype'")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"input '{name}' needs a 'shape' of non-negative integers")
+        raise InvalidInput(f"{kind} '{name}' needs a 'shape' of non-negative integers")
     numpy_dtype(datatype)  # rejects unknown datatypes
-    parameters = _parameters(item.get("parameters"), f"input '{name}'")
+    parameters = _parameters(item.get("parameters"), f"{kind} '{name}'")
     size = parameters.pop("binary_data_size", None)
     if size is not None:
         if "data" in item:
-            raise InvalidInput(f"input '{name}' has both 'data' and binary_data_size")
+            raise InvalidInput(f"{kind} '{name}' has both 'data' and binary_data_size")
         if not isinstance(size, int) or size < 0:
-            raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+            raise InvalidInput(f"{kind} '{name}': binary_data_size must be a non-negative integer")
         if offset + size > len(view):
             raise InvalidInput(
-                f"input '{name}' declares {size} bytes of binary data, but only {len(view) - offset} remain"
+                f"{kind} '{name}' declares {size} bytes of binary data, but only {len(view) - offset} remain"
             )
         data = raw_to_array(view[offset : offset + size], datatype, tuple(shape), name)
         return Tensor(name, datatype, tuple(shape), data, parameters), offset + size
     if "data" not in item:
-        raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
+        raise InvalidInput(f"{kind} '{name}' has neither 'data' nor binary_data_size")
     if datatype in BINARY_ONLY:
         raise InvalidInput(
-            f"Receiving {datatype} data via JSON is not supported; send input '{name}' with the binary data extension"
+            f"Receiving {datatype} data via JSON is not supported; send {kind} '{name}' with the binary data extension"
         )
     data = _json_array(item["data"], datatype, tuple(shape), name)
     return Tensor(name, datatype, tuple(shape), data, parameters), offset
@@ -214,3 +216,43 @@ def _json_data(tensor: Tensor) -> Any:
                 return None
         out.append(item)
     return out
+
+
+# -- the client side: what a transformer sends its predictor, and reads back ------------------------------------
+def encode_request(request: InferRequest) -> tuple[bytes, dict[str, str]]:
+    """A request body with every input as binary data, asking for binary outputs; and its content headers."""
+    inputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for tensor in request.inputs:
+        raw = array_to_raw(tensor.data, tensor.datatype)
+        blobs.append(raw)
+        inputs.append({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
+                       "parameters": {**tensor.parameters, "binary_data_size": len(raw)}})
+    doc: dict[str, Any] = {"inputs": inputs, "parameters": {**request.parameters, "binary_data_output": True}}
+    if request.id:
+        doc["id"] = request.id
+    if request.outputs:
+        doc["outputs"] = [{"name": out.name, "parameters": {**out.parameters, "binary_data": True}}
+                          for out in request.outputs]
+    header = orjson.dumps(doc, option=_NUMPY_OPTS)
+    return b"".join((header, *blobs)), {"Content-Type": "application/octet-stream", IHCL: str(len(header))}
+
+
+def decode_response(body: bytes, ihcl: str | None) -> InferResponse:
+    """A V2 response body (JSON, or JSON and binary outputs); a malformed one raises InvalidInput."""
+    split = header_length(ihcl, len(body))
+    view = memoryview(body)
+    doc = loads(view[:split])
+    if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list):
+        raise InvalidInput("the inference response must be a JSON object with an 'outputs' list")
+    offset, outputs = split, []
+    for item in doc["outputs"]:
+        tensor, offset = _decode_input(item, view, offset, "output")
+        outputs.append(tensor)
+    return InferResponse(
+        model_name=str(doc.get("model_name", "")),
+        model_version=doc.get("model_version"),
+        id=str(doc.get("id") or ""),
+        outputs=outputs,
+        parameters=_parameters(doc.get("parameters"), "the response"),
+    )

@@ -2,18 +2,24 @@
 
 REST and gRPC adapters decode their wire format into domain types, call this, and encode what it returns. It
 validates every request against the model's declared inputs and outputs before the model sees it, runs the
-preprocess → predict → postprocess hooks, times each stage, and picks the requested outputs in order.
+preprocess → predict → postprocess hooks, times each stage, and picks the requested outputs in order. For a model
+with ``dynamic_batching``, the predict stage of a V2 request (or of anything preprocess turned into one) goes
+through the model's :class:`~model_server.batcher.Batcher`; pre- and postprocess still run per request. With
+``upstream_ready`` (a transformer's ``--predictor-health-check``), readiness also asks the predictor.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from common.errors import InferenceError, InvalidInput, ModelNotFound, Unsupported
+from model_server.batcher import Batcher
 from model_server.metrics import UNKNOWN_MODEL, ModelServerMetrics
 from model_server.model import Model, RequestContext
 from model_server.repository import READY, ModelRepository
@@ -38,10 +44,16 @@ class RequestIds:
         return f"{self._prefix}-{next(self._counter):08d}"
 
 
+UpstreamReady = Callable[[str], Awaitable[bool]]  # model name -> is the predictor serving it ready?
+
+
 class DataPlane:
-    def __init__(self, repository: ModelRepository, metrics: ModelServerMetrics) -> None:
+    def __init__(
+        self, repository: ModelRepository, metrics: ModelServerMetrics, *, upstream_ready: UpstreamReady | None = None
+    ) -> None:
         self.repository = repository
         self.metrics = metrics
+        self.upstream_ready = upstream_ready
         self._stage_metrics: dict[str, tuple[Any, ...]] = {}
         self._counters: dict[tuple[str, str, str], Any] = {}
         self.new_id = RequestIds()
@@ -50,8 +62,12 @@ class DataPlane:
     def live(self) -> bool:
         return True
 
-    def ready(self) -> bool:
-        return self.repository.all_ready()
+    async def ready(self) -> bool:
+        if not self.repository.all_ready():
+            return False
+        if self.upstream_ready is None:
+            return True
+        return all(await asyncio.gather(*(self.upstream_ready(name) for name in self.repository.names())))
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
@@ -59,12 +75,14 @@ class DataPlane:
     def model_names(self) -> list[str]:
         return self.repository.names()
 
-    def model_ready(self, name: str, version: str | None = None) -> bool:
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
         entry = self.repository.entry(name)
         if entry is None:
             raise ModelNotFound(name)
         if version and entry.state == READY and version not in entry.models:
             raise ModelNotFound(name, version)
+        if entry.state == READY and self.upstream_ready is not None:
+            return await self.upstream_ready(name)
         return entry.state == READY
 
     def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
@@ -139,7 +157,11 @@ class DataPlane:
         t0 = time.perf_counter()
         payload = await model.call(model.preprocess, payload, context)
         t1 = time.perf_counter()
-        result = await model.call(model.predict, payload, context)
+        batcher = self._batcher(model) if isinstance(payload, InferRequest) else None
+        if batcher is not None:
+            result = await batcher.submit(payload, context)
+        else:
+            result = await model.call(model.predict, payload, context)
         t2 = time.perf_counter()
         result = await model.call(model.postprocess, result, context)
         t3 = time.perf_counter()
@@ -148,6 +170,28 @@ class DataPlane:
         post.observe(t3 - t2)
         context.timings.update(preprocess=t1 - t0, predict=t2 - t1, postprocess=t3 - t2)
         return result
+
+    def _batcher(self, model: Model) -> Batcher | None:
+        batcher = model.batcher
+        config = model.config.dynamic_batching
+        if batcher is None and config is not None:
+            spec = model.metadata().inputs
+            batcher = model.batcher = Batcher(
+                model.name,
+                functools.partial(model.call, model.predict),
+                config,
+                slots=model.instances,
+                fixed_inputs=frozenset(s.name for s in spec if not s.shape or s.shape[0] != -1),
+                on_batch=functools.partial(self._observe_batch, model.name),
+            )
+        return batcher
+
+    def _observe_batch(self, name: str, rows: int, waits: list[float]) -> None:
+        batch_rows, batch_requests, queue_wait = self._stages(name)[5:]
+        batch_rows.observe(rows)
+        batch_requests.observe(len(waits))
+        for wait in waits:
+            queue_wait.observe(wait)
 
     def _stages(self, name: str) -> tuple[Any, ...]:
         children = self._stage_metrics.get(name)
@@ -159,6 +203,9 @@ class DataPlane:
                 m.postprocess.labels(name),
                 m.explain.labels(name),
                 m.batch_size.labels(name),
+                m.batch_rows.labels(name),
+                m.batch_requests.labels(name),
+                m.batch_queue_wait.labels(name),
             )
             self._stage_metrics[name] = children
         return children

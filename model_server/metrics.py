@@ -14,6 +14,8 @@ from common.metrics import LoopHistogram
 # Latency buckets from 100 µs (a small model on CPU) to 10 s (a large model, or a cold GPU).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# A batcher queue wait is 0 to a few ms with no delay configured, up to the delay (usually under 10 ms) otherwise.
+QUEUE_BUCKETS = (0.00001, 0.00005, *LATENCY_BUCKETS)
 UNKNOWN_MODEL = "_unknown"
 
 
@@ -39,6 +41,19 @@ class ModelServerMetrics:
             ("model_name",),
             BATCH_BUCKETS,
             self.registry,
+        )
+        # The dynamic batcher (models with dynamic_batching), observed on the event loop once per batch.
+        self.batch_rows = LoopHistogram(
+            "model_server_batch_rows", "Rows per batch the dynamic batcher ran", ("model_name",), BATCH_BUCKETS,
+            self.registry,
+        )
+        self.batch_requests = LoopHistogram(
+            "model_server_batch_requests", "Requests per batch the dynamic batcher ran", ("model_name",),
+            BATCH_BUCKETS, self.registry,
+        )
+        self.batch_queue_wait = LoopHistogram(
+            "model_server_batch_queue_wait_seconds", "Time a request waited in the dynamic batcher's queue",
+            ("model_name",), QUEUE_BUCKETS, self.registry,
         )
         self.providers = Gauge(
             "model_server_execution_provider_info",

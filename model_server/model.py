@@ -3,6 +3,23 @@
 The payload a hook receives is an :class:`InferRequest` for V2 (REST and gRPC) and the decoded JSON object for
 V1. Each hook may be ``def`` or ``async def``; the dataplane runs plain functions on the model's bounded thread
 pool, never on the event loop. The onnxruntime model is one implementation; user classes are another.
+
+A user class (``--model-class pkg.module:Cls`` or ``model_class:`` in config.yaml) subclasses :class:`Model`.
+The repository builds it with :meth:`Model.create` (override it if your ``__init__`` takes other arguments),
+sets ``path`` (its files), ``config`` (its config.yaml) and ``predictor`` (the ``--predictor-host`` client, if
+any), then calls ``load()`` off the event loop (``async def load`` runs on the loop). The default ``predict``
+forwards the (preprocessed) payload to the predictor, which makes a class that only overrides ``preprocess``
+and ``postprocess`` a KServe-style transformer.
+
+    class Reverse(Model):
+        inputs = (TensorSpec("text", "BYTES", (-1,)),)   # declared tensors: requests are validated against them
+        outputs = (TensorSpec("reversed", "BYTES", (-1,)),)
+
+        def predict(self, request, context):              # plain def: runs on the model's thread pool
+            text = request.input("text").data
+            out = np.array([t[::-1] for t in text], dtype=object)
+            context.response_headers["x-reversed"] = str(len(out))
+            return InferResponse(self.name, [Tensor.from_array("reversed", out)], id="")
 """
 
 from __future__ import annotations
@@ -12,10 +29,16 @@ import inspect
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from common.errors import ModelNotReady, Unsupported
-from model_server.types import ModelMetadata
+from model_server.model_config import ModelConfig
+from model_server.types import ModelMetadata, TensorSpec
+
+if TYPE_CHECKING:
+    from model_server.batcher import Batcher
+    from model_server.predictor_client import PredictorClient
 
 
 @dataclass(slots=True)
@@ -32,13 +55,29 @@ class Model:
     """Base class of everything the model server serves. Subclasses override what they need."""
 
     platform = "python"
+    inputs: tuple[TensorSpec, ...] = ()  # declared V2 inputs; when given, requests are validated against them
+    outputs: tuple[TensorSpec, ...] = ()
 
     def __init__(self, name: str, version: str = "1", *, instances: int = 1) -> None:
         self.name = name
         self.version = version
         self.ready = False
         self.max_batch_size = 0
-        self._pool = ThreadPoolExecutor(max_workers=max(1, instances), thread_name_prefix=f"model-{name}")
+        self.instances = max(1, instances)
+        self.path: Path | None = None
+        self.config = ModelConfig()
+        self.predictor: PredictorClient | None = None
+        self.batcher: Batcher | None = None  # made by the dataplane on first use, when config.dynamic_batching is set
+        self._pool = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix=f"model-{name}")
+
+    @classmethod
+    def create(cls, name: str, version: str, path: Path | None, config: ModelConfig) -> Model:
+        """How the repository builds a model of this class; override when ``__init__`` takes other arguments."""
+        model = cls(name, version, instances=config.instances)
+        model.path = path
+        model.config = config
+        model.max_batch_size = config.max_batch_size
+        return model
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} v{self.version} ready={self.ready}>"
@@ -52,13 +91,18 @@ class Model:
         self._pool.shutdown(wait=False)
 
     def metadata(self) -> ModelMetadata:
-        return ModelMetadata(name=self.name, versions=(self.version,), platform=self.platform, inputs=(), outputs=())
+        return ModelMetadata(
+            name=self.name, versions=(self.version,), platform=self.platform, inputs=self.inputs, outputs=self.outputs
+        )
 
     async def preprocess(self, payload: Any, context: RequestContext) -> Any:
         return payload
 
     async def predict(self, payload: Any, context: RequestContext) -> Any:
-        raise Unsupported(f"Model {self.name} does not implement predict")
+        """Without an override: forward to the predictor (``--predictor-host``), if there is one."""
+        if self.predictor is None:
+            raise Unsupported(f"Model {self.name} does not implement predict")
+        return await self.predictor.forward(self.name, payload, context.headers)
 
     async def postprocess(self, result: Any, context: RequestContext) -> Any:
         return result

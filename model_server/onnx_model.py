@@ -18,9 +18,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from common.errors import InferenceError, InvalidInput
-from model_server import codec_v1
-from model_server.datatypes import from_onnx
+from common.errors import InferenceError, InvalidInput, Unsupported
+from model_server import codec_v1, explainer
+from model_server.datatypes import from_onnx, numpy_dtype
 from model_server.model import CallCost, Model, RequestContext
 from model_server.model_config import ModelConfig, ProviderSpec
 from model_server.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
@@ -65,6 +65,12 @@ class OnnxModel(Model):
         self._io_binding = False
         self._cost = CallCost(config.inline_max_us / 1e6)
         self._metadata = ModelMetadata(name, (version,), self.platform, (), ())
+
+    @classmethod
+    def create(cls, name: str, version: str, path: Path | None, config: ModelConfig) -> OnnxModel:
+        if path is None:
+            raise ValueError(f"model {name}: an onnxruntime model needs a model file")
+        return cls(name, version, path, config)
 
     def load(self) -> None:
         requested = self.config.execution_providers or default_providers()
@@ -120,6 +126,23 @@ class OnnxModel(Model):
         feeds = codec_v1.to_feeds(payload, self._inputs)
         (array,) = await self._call(feeds, [output])
         return {"predictions": codec_v1.predictions(array)}
+
+    def has_explainer(self) -> bool:
+        return self.config.explainer is not None
+
+    async def explain(self, payload: Any, context: RequestContext) -> Any:
+        """Occlusion attributions (``explainer:`` in config.yaml), computed in-process in one onnxruntime call."""
+        config = self.config.explainer
+        if config is None:
+            raise Unsupported(f"Model {self.name} has no explainer")
+        spec = explainer.single_input(self._metadata)
+        output = explainer.explained_output(self._outputs, config.output, self.name).name
+
+        async def predict(rows: np.ndarray) -> np.ndarray:
+            (array,) = await self._call({spec.name: rows.astype(numpy_dtype(spec.datatype))}, [output])
+            return array
+
+        return await explainer.explain(payload, config, output, predict)
 
     async def _infer(self, request: InferRequest) -> InferResponse:
         feeds = {tensor.name: _feed(tensor) for tensor in request.inputs}

@@ -1,23 +1,27 @@
 """The model repository: which models exist, their versions, their state, and loading and unloading them.
 
 Layout (Triton's): ``<root>/<model>/<version>/model.onnx`` with numeric version folders (not starting with 0)
-and an optional ``<root>/<model>/config.yaml``. A single model can also be served from a file with no root.
-Loading runs off the event loop; a model that fails to load stays listed as UNAVAILABLE with the reason.
-Unversioned requests go to the highest version served.
+and an optional ``<root>/<model>/config.yaml``. A model whose config names a ``model_class`` is that Python class;
+it gets its version folder, or the model folder itself when there are no version folders (served as version 1).
+A single model can also be served with no root: from a file, or a class with or without a path. Keys a
+config.yaml leaves out take the server's defaults (its flags). Loading runs off the event loop (an ``async def
+load`` runs on it); a model that fails to load, or is not ready once ``load()`` returns, stays listed as
+UNAVAILABLE with the reason. Unversioned requests go to the highest version served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ModelNotFound, ModelNotReady, NotFound
+from model_server import custom
 from model_server.model import Model
 from model_server.model_config import ModelConfig
-from model_server.onnx_model import OnnxModel
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +41,24 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where a model's versions come from: a folder in the repository, or one file."""
+    """Where a model's versions come from: a folder in the repository, or a single model (a file, or a class)."""
 
     name: str
     folder: Path | None = None
     file: Path | None = None
+    single: bool = False
 
 
-ModelFactory = Callable[[str, str, Path, ModelConfig], Model]
+ModelFactory = Callable[[str, str, Path | None, ModelConfig], Model]
 
 
 class ModelRepository:
-    def __init__(self, root: Path | None = None, *, factory: ModelFactory = OnnxModel) -> None:
+    def __init__(
+        self, root: Path | None = None, *, factory: ModelFactory | None = None, defaults: ModelConfig | None = None
+    ) -> None:
         self.root = root
-        self._factory = factory
+        self.defaults = defaults or ModelConfig()
+        self._factory = factory or custom.ModelFactory()
         self._sources: dict[str, Source] = {}
         self._entries: dict[str, Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -60,8 +68,9 @@ class ModelRepository:
         states = ", ".join(f"{e.name}={e.state}" for e in self._entries.values())
         return f"<ModelRepository {self.root} [{states}]>"
 
-    def add_file(self, name: str, path: Path) -> None:
-        self._sources[name] = Source(name, file=path)
+    def add_file(self, name: str, path: Path | None) -> None:
+        """Serve one model outside the root: a file, or (with a ``model_class`` default) a class, path or not."""
+        self._sources[name] = Source(name, file=path, single=True)
 
     def scan(self) -> list[str]:
         """Names of the model folders under the root, sorted."""
@@ -70,7 +79,7 @@ class ModelRepository:
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         for name in found:
             self._sources.setdefault(name, Source(name, folder=self.root / name))
-        return sorted(set(found) | {n for n, s in self._sources.items() if s.file is not None})
+        return sorted(set(found) | {n for n, s in self._sources.items() if s.single})
 
     async def load_all(self) -> None:
         await asyncio.gather(*(self.load(name, raise_on_failure=False) for name in self.scan()))
@@ -93,7 +102,7 @@ class ModelRepository:
             if previous is None:
                 self._entries[name] = Entry(name)
             try:
-                models = await asyncio.to_thread(self._build, source)
+                models = await asyncio.to_thread(self._build, source, asyncio.get_running_loop())
             except Exception as exc:  # a broken model must not take the server down
                 reason = f"{type(exc).__name__}: {exc}"
                 log.error("model %s failed to load: %s", name, reason)
@@ -109,24 +118,46 @@ class ModelRepository:
             log.info("model %s ready, versions %s", name, list(models))
             return entry
 
-    def _build(self, source: Source) -> dict[str, Model]:
-        if source.file is not None:
-            model = self._factory(source.name, "1", source.file, ModelConfig())
-            model.load()
-            return {"1": model}
+    def _build(self, source: Source, loop: asyncio.AbstractEventLoop) -> dict[str, Model]:
+        """Build and load every served version (in a worker thread; ``loop`` runs async ``load()`` methods)."""
+        if source.single:
+            return {"1": self._load_one(source.name, "1", source.file, self.defaults, loop)}
         assert source.folder is not None
-        config = ModelConfig.load(source.folder)
+        config = ModelConfig.load(source.folder, base=self.defaults)
         versions = config.select_versions(
             [int(p.name) for p in source.folder.iterdir() if p.is_dir() and p.name.isdigit() and p.name[0] != "0"]
         )
+        if not versions and config.model_class:
+            return {"1": self._load_one(source.name, "1", source.folder, config, loop)}
         if not versions:
             raise FileNotFoundError(f"no version folders to serve under {source.folder}")
         models: dict[str, Model] = {}
-        for version in versions:
-            model = self._factory(source.name, str(version), source.folder / str(version) / config.model_file, config)
-            model.load()
-            models[str(version)] = model
+        try:
+            for version in versions:
+                folder = source.folder / str(version)
+                path = folder if config.model_class else folder / config.model_file
+                models[str(version)] = self._load_one(source.name, str(version), path, config, loop)
+        except BaseException:
+            for model in models.values():
+                model.unload()
+            raise
         return models
+
+    def _load_one(
+        self, name: str, version: str, path: Path | None, config: ModelConfig, loop: asyncio.AbstractEventLoop
+    ) -> Model:
+        model = self._factory(name, version, path, config)
+        try:
+            if inspect.iscoroutinefunction(model.load):
+                asyncio.run_coroutine_threadsafe(model.load(), loop).result()
+            else:
+                model.load()
+            if not model.ready:
+                raise RuntimeError(f"{type(model).__name__}.load() returned, but the model is not ready")
+        except BaseException:
+            model.unload()
+            raise
+        return model
 
     async def unload(self, name: str) -> None:
         async with self._locks.setdefault(name, asyncio.Lock()):

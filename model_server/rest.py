@@ -104,7 +104,7 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    is_ready = request.app[DATAPLANE].ready()
+    is_ready = await request.app[DATAPLANE].ready()
     return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
 
@@ -118,14 +118,14 @@ async def model_list(request: web.Request) -> web.Response:
 
 async def v1_model_ready(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if not request.app[DATAPLANE].model_ready(name):
+    if not await request.app[DATAPLANE].model_ready(name):
         return error_response(503, f"Model with name {name} is not ready.")
     return json_response({"name": name, "ready": True})
 
 
 async def model_ready(request: web.Request) -> web.Response:
     name, version = request.match_info["name"], request.match_info.get("version")
-    if not request.app[DATAPLANE].model_ready(name, version):
+    if not await request.app[DATAPLANE].model_ready(name, version):
         return error_response(503, f"Model with name {name} is not ready.")
     return json_response({"name": name, "ready": True})
 

@@ -1,0 +1,278 @@
+"""A transformer's (or explainer's) connection to its predictor: one pooled client per process.
+
+    PredictorClient          forward(), infer(), predict_v1(), ready(), metadata(); start() / close()
+    ├── RestPredictor        v1: KServe V1 JSON; v2: Open Inference Protocol REST with the binary tensor extension
+    └── GrpcPredictor        grpc-v2: inference.GRPCInferenceService over one grpc.aio channel
+
+The session or channel is made once in ``start()`` (on the event loop) and closed in ``close()`` at shutdown.
+Each call has a timeout and carries the request's ``x-request-id``, ``traceparent``, ``tracestate`` and
+``authorization`` headers. Errors, translated here and nowhere else:
+
+    the predictor answered with an error    PredictorError: the predictor's status (HTTP and gRPC, one mapped from
+                                            the other) and its message, so the client sees what the predictor said
+    no connection, or it broke              UpstreamError 502
+    no answer within the timeout            UpstreamTimeout 504
+    an answer we cannot read                UpstreamError 502
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import grpc
+
+from common.errors import InferenceError, InvalidInput, ServelaneError, UpstreamError, UpstreamTimeout
+from model_server import codec_grpc, codec_rest
+from model_server.grpc_gen import inference_pb2 as pb
+from model_server.grpc_gen import inference_pb2_grpc as pb_grpc
+from model_server.types import InferRequest, InferResponse, ModelMetadata
+
+PROTOCOLS = ("v1", "v2", "grpc-v2")
+FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate", "authorization")
+PROBE_TIMEOUT = 5.0  # seconds a readiness check of the predictor may take, at most
+
+_S = grpc.StatusCode
+_HTTP_TO_GRPC = {
+    400: _S.INVALID_ARGUMENT, 401: _S.UNAUTHENTICATED, 403: _S.PERMISSION_DENIED, 404: _S.NOT_FOUND,
+    409: _S.ABORTED, 413: _S.RESOURCE_EXHAUSTED, 429: _S.RESOURCE_EXHAUSTED, 499: _S.CANCELLED,
+    500: _S.INTERNAL, 501: _S.UNIMPLEMENTED, 502: _S.UNAVAILABLE, 503: _S.UNAVAILABLE, 504: _S.DEADLINE_EXCEEDED,
+}
+_GRPC_TO_HTTP = {
+    _S.INVALID_ARGUMENT: 400, _S.OUT_OF_RANGE: 400, _S.FAILED_PRECONDITION: 400, _S.UNAUTHENTICATED: 401,
+    _S.PERMISSION_DENIED: 403, _S.NOT_FOUND: 404, _S.ALREADY_EXISTS: 409, _S.ABORTED: 409,
+    _S.RESOURCE_EXHAUSTED: 413, _S.CANCELLED: 499, _S.UNIMPLEMENTED: 501, _S.UNAVAILABLE: 503,
+    _S.DEADLINE_EXCEEDED: 504,
+}
+
+
+class PredictorError(ServelaneError):
+    """The predictor's own error, passed on with its status and message."""
+
+    def __init__(self, message: str, http_status: int, grpc_code: grpc.StatusCode) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.grpc_code = grpc_code
+
+    @classmethod
+    def from_http(cls, status: int, message: str) -> PredictorError:
+        fallback = _S.INVALID_ARGUMENT if status < 500 else _S.INTERNAL
+        return cls(message, status, _HTTP_TO_GRPC.get(status, fallback))
+
+    @classmethod
+    def from_grpc(cls, code: grpc.StatusCode, message: str) -> PredictorError:
+        return cls(message, _GRPC_TO_HTTP.get(code, 500), code)
+
+
+def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request headers a predictor call carries on (names lower-cased)."""
+    return {key.lower(): value for key, value in headers.items() if key.lower() in FORWARDED_HEADERS}
+
+
+class PredictorClient:
+    protocol = ""
+
+    def __init__(self, host: str, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError("the predictor timeout must be positive")
+        self.host = host
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.protocol} {self.host} timeout={self.timeout}s>"
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def forward(self, model_name: str, payload: Any, headers: Mapping[str, str]) -> Any:
+        """What a transformer's default ``predict`` does: a V2 request to ``infer``, a V1 body to ``predict_v1``."""
+        if isinstance(payload, InferRequest):
+            return await self.infer(payload, headers)
+        if isinstance(payload, dict):
+            return await self.predict_v1(model_name, payload, headers)
+        raise InferenceError(
+            f"cannot send a {type(payload).__name__} to the predictor: preprocess must return an InferRequest "
+            "(v2, grpc-v2) or a V1 JSON object (v1)"
+        )
+
+    async def infer(self, request: InferRequest, headers: Mapping[str, str]) -> InferResponse:
+        raise InferenceError(f"the predictor speaks {self.protocol}: preprocess must return a V1 JSON object")
+
+    async def predict_v1(self, model_name: str, body: dict[str, Any], headers: Mapping[str, str]) -> Any:
+        raise InferenceError(f"the predictor speaks {self.protocol}: preprocess must return an InferRequest")
+
+    async def ready(self, model_name: str) -> bool:
+        raise NotImplementedError
+
+    async def metadata(self, model_name: str) -> ModelMetadata | None:
+        """The predictor's model metadata (None over v1, which has none)."""
+        return None
+
+
+def build_predictor(host: str, protocol: str, timeout: float, *, max_message_bytes: int = 8 << 20) -> PredictorClient:
+    if protocol == "grpc-v2":
+        return GrpcPredictor(host, timeout, max_message_bytes=max_message_bytes)
+    if protocol in ("v1", "v2"):
+        return RestPredictor(host, timeout, protocol=protocol)
+    raise ValueError(f"predictor protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+
+class RestPredictor(PredictorClient):
+    def __init__(self, host: str, timeout: float, *, protocol: str = "v2", connections: int = 256) -> None:
+        super().__init__(host, timeout)
+        self.protocol = protocol
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._connections)
+        # identity: compressing on loopback costs both sides CPU and saves nothing
+        self._session = aiohttp.ClientSession(
+            f"http://{self.host}", connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout),
+            headers={"Accept-Encoding": "identity"}, auto_decompress=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def infer(self, request: InferRequest, headers: Mapping[str, str]) -> InferResponse:
+        if self.protocol != "v2":
+            return await super().infer(request, headers)
+        body, content_headers = codec_rest.encode_request(request)
+        version = f"/versions/{request.model_version}" if request.model_version else ""
+        path = f"/v2/models/{request.model_name}{version}/infer"
+        status, answer, ihcl = await self._post(path, body, {**forwarded(headers), **content_headers})
+        if status != 200:
+            raise PredictorError.from_http(status, _message(status, answer))
+        try:
+            return codec_rest.decode_response(answer, ihcl)
+        except InvalidInput as exc:
+            raise UpstreamError(f"the predictor at {self.host} sent an unreadable response: {exc.message}") from None
+
+    async def predict_v1(self, model_name: str, body: dict[str, Any], headers: Mapping[str, str]) -> Any:
+        if self.protocol != "v1":
+            return await super().predict_v1(model_name, body, headers)
+        content = {"Content-Type": "application/json"}
+        path = f"/v1/models/{model_name}:predict"
+        status, answer, _ = await self._post(path, codec_rest.dumps(body), {**forwarded(headers), **content})
+        if status != 200:
+            raise PredictorError.from_http(status, _message(status, answer))
+        try:
+            return codec_rest.loads(answer)
+        except InvalidInput as exc:
+            raise UpstreamError(f"the predictor at {self.host} sent an unreadable response: {exc.message}") from None
+
+    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
+        assert self._session is not None, "predictor client used before start()"
+        try:
+            async with self._session.post(path, data=body, headers=headers) as response:
+                return response.status, await response.read(), response.headers.get(codec_rest.IHCL)
+        except TimeoutError:
+            raise UpstreamTimeout(f"the predictor at {self.host} did not answer within {self.timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"the predictor at {self.host} failed: {type(exc).__name__}: {exc}") from None
+
+    async def ready(self, model_name: str) -> bool:
+        assert self._session is not None, "predictor client used before start()"
+        path = f"/v1/models/{model_name}" if self.protocol == "v1" else f"/v2/models/{model_name}/ready"
+        try:
+            timeout = aiohttp.ClientTimeout(total=min(self.timeout, PROBE_TIMEOUT))
+            async with self._session.get(path, timeout=timeout) as response:
+                await response.read()
+                return response.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def metadata(self, model_name: str) -> ModelMetadata | None:
+        if self.protocol == "v1":
+            return None
+        assert self._session is not None, "predictor client used before start()"
+        try:
+            async with self._session.get(f"/v2/models/{model_name}") as response:
+                answer = await response.read()
+                if response.status != 200:
+                    raise PredictorError.from_http(response.status, _message(response.status, answer))
+                return ModelMetadata.from_dict(codec_rest.loads(answer))
+        except TimeoutError:
+            raise UpstreamTimeout(f"the predictor at {self.host} did not answer within {self.timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"the predictor at {self.host} failed: {type(exc).__name__}: {exc}") from None
+        except (InvalidInput, KeyError, TypeError, ValueError) as exc:
+            raise UpstreamError(f"the predictor at {self.host} sent unreadable metadata: {exc}") from None
+
+
+def _message(status: int, body: bytes) -> str:
+    """The predictor's error message: ``{"error": ...}`` (also KServe's ``{"detail": ...}``), else its text."""
+    try:
+        doc = codec_rest.loads(body)
+    except InvalidInput:
+        doc = None
+    if isinstance(doc, dict):
+        for key in ("error", "detail"):
+            if isinstance(doc.get(key), str):
+                return doc[key]
+    text = body[:1000].decode("utf-8", errors="replace").strip()
+    return text or f"the predictor answered HTTP {status}"
+
+
+class GrpcPredictor(PredictorClient):
+    protocol = "grpc-v2"
+
+    def __init__(self, host: str, timeout: float, *, max_message_bytes: int = 8 << 20) -> None:
+        super().__init__(host, timeout)
+        self._options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
+
+    async def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.host, options=self._options)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def infer(self, request: InferRequest, headers: Mapping[str, str]) -> InferResponse:
+        assert self._stub is not None, "predictor client used before start()"
+        message = codec_grpc.encode_request(request)
+        metadata = tuple(forwarded(headers).items())
+        try:
+            reply = await self._stub.ModelInfer(message, timeout=self.timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        try:
+            return codec_grpc.decode_response(reply)
+        except InvalidInput as exc:
+            raise UpstreamError(f"the predictor at {self.host} sent an unreadable response: {exc.message}") from None
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> ServelaneError:
+        code, details = exc.code(), exc.details() or ""
+        if code == _S.DEADLINE_EXCEEDED:
+            return UpstreamTimeout(f"the predictor at {self.host} did not answer within {self.timeout:g} s")
+        return PredictorError.from_grpc(code, details or f"the predictor answered {code.name}")
+
+    async def ready(self, model_name: str) -> bool:
+        assert self._stub is not None, "predictor client used before start()"
+        try:
+            reply = await self._stub.ModelReady(
+                pb.ModelReadyRequest(name=model_name), timeout=min(self.timeout, PROBE_TIMEOUT)
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.ready)
+
+    async def metadata(self, model_name: str) -> ModelMetadata | None:
+        assert self._stub is not None, "predictor client used before start()"
+        try:
+            reply = await self._stub.ModelMetadata(pb.ModelMetadataRequest(name=model_name), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return codec_grpc.decode_model_metadata(reply)
