@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -87,64 +84,42 @@ PROXY_SERVER = """\
 
 
 class Nginx:
-    """One nginx, a master and one worker, in the foreground with its config, pid file and logs in ``work``."""
+    """One nginx, a master and one worker, in the foreground with its config and pid file in ``work``."""
 
     def __init__(self, binary: str, work: Path, server: str) -> None:
         self.binary, self.work, self.server = binary, work, server
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: ServiceProcess | None = None
 
     def __repr__(self) -> str:
-        state = "not started" if self.proc is None else f"pid={self.proc.pid} rc={self.proc.poll()}"
-        return f"<Nginx {self.work} {state}>"
+        return f"<Nginx {self.work} {self.process!r}>"
 
     def start(self) -> Nginx:
         self.work.mkdir(parents=True, exist_ok=True)
         conf = self.work / "nginx.conf"
         conf.write_text(CONFIG.format(work=self.work, server=self.server))
-        argv = [self.binary, "-p", str(self.work), "-c", str(conf), "-e", str(self.work / "error.log"),
-                "-g", "daemon off;"]
-        with open(self.work / "output.log", "wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        argv = [self.binary, "-p", str(self.work), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"]
+        self.process = ServiceProcess.command(argv).start()
         return self
 
     def wait_ready(self, url: str, timeout: float = 15.0) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self!r} exited early:\n{self.logs()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            time.sleep(0.05)
-        raise TimeoutError(f"{url} not ready after {timeout}s:\n{self.logs()}")
+        assert self.process is not None
+        self.process.wait_http(url, timeout)
 
     @property
     def worker_pid(self) -> int:
         """The one worker: the process whose parent is the master (the master itself idles during the load)."""
-        assert self.proc is not None
+        assert self.process is not None
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError):
                 text = stat.read_text()
-                if int(text[text.rindex(")") + 2:].split()[1]) == self.proc.pid:
+                if int(text[text.rindex(")") + 2:].split()[1]) == self.process.pid:
                     return int(stat.parent.name)
-        raise RuntimeError(f"{self!r} has no worker:\n{self.logs()}")
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in (self.work / "output.log", self.work / "error.log")
-                         if p.exists())
+        raise RuntimeError(f"{self!r} has no worker:\n{self.process.output()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (nginx's fast shutdown), then wait; SIGKILL only if it does not exit in time."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.process is not None:
+            self.process.stop(timeout)
 
 
 def find_nginx() -> str | None:

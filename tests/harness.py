@@ -30,9 +30,17 @@ class ServiceProcess:
         self._log = tempfile.NamedTemporaryFile(prefix=f"{module}-", suffix=".log", delete=False)
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def command(cls, argv: list[str], env: dict[str, str] | None = None) -> ServiceProcess:
+        """Any program, not a Python module (nginx in the benchmarks, say), with the same start/wait/stop."""
+        process = cls(Path(argv[0]).name, env=env)
+        process.argv = list(argv)
+        return process
+
     def __repr__(self) -> str:
         state = "not started" if self.proc is None else f"pid={self.proc.pid} rc={self.proc.poll()}"
-        return f"<ServiceProcess {' '.join(self.argv[2:])} {state}>"
+        shown = self.argv[2:] if self.argv[0] == sys.executable else self.argv
+        return f"<ServiceProcess {' '.join(shown)} {state}>"
 
     def start(self) -> ServiceProcess:
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
