@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import grpc
 
-from common.errors import InferenceError, InvalidInput, ServelaneError, UpstreamError, UpstreamTimeout
+from common.errors import InferenceError, InvalidInput, ServelaneError, UpstreamError, UpstreamStatus, UpstreamTimeout
 from model_server import codec_grpc, codec_rest
 from model_server.grpc_gen import inference_pb2 as pb
 from model_server.grpc_gen import inference_pb2_grpc as pb_grpc
@@ -33,36 +33,8 @@ PROTOCOLS = ("v1", "v2", "grpc-v2")
 FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate", "authorization")
 PROBE_TIMEOUT = 5.0  # seconds a readiness check of the predictor may take, at most
 
-_S = grpc.StatusCode
-_HTTP_TO_GRPC = {
-    400: _S.INVALID_ARGUMENT, 401: _S.UNAUTHENTICATED, 403: _S.PERMISSION_DENIED, 404: _S.NOT_FOUND,
-    409: _S.ABORTED, 413: _S.RESOURCE_EXHAUSTED, 429: _S.RESOURCE_EXHAUSTED, 499: _S.CANCELLED,
-    500: _S.INTERNAL, 501: _S.UNIMPLEMENTED, 502: _S.UNAVAILABLE, 503: _S.UNAVAILABLE, 504: _S.DEADLINE_EXCEEDED,
-}
-_GRPC_TO_HTTP = {
-    _S.INVALID_ARGUMENT: 400, _S.OUT_OF_RANGE: 400, _S.FAILED_PRECONDITION: 400, _S.UNAUTHENTICATED: 401,
-    _S.PERMISSION_DENIED: 403, _S.NOT_FOUND: 404, _S.ALREADY_EXISTS: 409, _S.ABORTED: 409,
-    _S.RESOURCE_EXHAUSTED: 413, _S.CANCELLED: 499, _S.UNIMPLEMENTED: 501, _S.UNAVAILABLE: 503,
-    _S.DEADLINE_EXCEEDED: 504,
-}
-
-
-class PredictorError(ServelaneError):
+class PredictorError(UpstreamStatus):
     """The predictor's own error, passed on with its status and message."""
-
-    def __init__(self, message: str, http_status: int, grpc_code: grpc.StatusCode) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.grpc_code = grpc_code
-
-    @classmethod
-    def from_http(cls, status: int, message: str) -> PredictorError:
-        fallback = _S.INVALID_ARGUMENT if status < 500 else _S.INTERNAL
-        return cls(message, status, _HTTP_TO_GRPC.get(status, fallback))
-
-    @classmethod
-    def from_grpc(cls, code: grpc.StatusCode, message: str) -> PredictorError:
-        return cls(message, _GRPC_TO_HTTP.get(code, 500), code)
 
 
 def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
@@ -255,7 +227,7 @@ class GrpcPredictor(PredictorClient):
 
     def _error(self, exc: grpc.aio.AioRpcError) -> ServelaneError:
         code, details = exc.code(), exc.details() or ""
-        if code == _S.DEADLINE_EXCEEDED:
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return UpstreamTimeout(f"the predictor at {self.host} did not answer within {self.timeout:g} s")
         return PredictorError.from_grpc(code, details or f"the predictor answered {code.name}")
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from common.breaker import Breaker
-from common.errors import ServelaneError, UpstreamTimeout
-from common.http import error_response, http_status_of
+from common.errors import ServelaneError, UpstreamTimeout, http_status_of
+from common.http import error_response
 from common.lifecycle import bound_port, start_http
 from common.proxy import TIMEOUT_MESSAGE, ProxyClient, Timeouts, upstream_headers
 from queue_proxy.config import QueueProxyConfig
