@@ -41,7 +41,7 @@ class RequestIds:
         self._counter = itertools.count(1)
 
     def __call__(self) -> str:
-        return f"{self._prefix}-{next(self._counter):08d}"
+        return f"{self._prefix}-{next(self._counter)}"
 
 
 UpstreamReady = Callable[[str], Awaitable[bool]]  # model name -> is the predictor serving it ready?
@@ -155,7 +155,8 @@ class DataPlane:
     async def _pipeline(self, model: Model, payload: Any, context: RequestContext) -> Any:
         pre, predict, post = self._stages(model.name)[:3]
         t0 = time.perf_counter()
-        payload = await model.call(model.preprocess, payload, context)
+        if model.has_preprocess:
+            payload = await model.call(model.preprocess, payload, context)
         t1 = time.perf_counter()
         batcher = self._batcher(model) if isinstance(payload, InferRequest) else None
         if batcher is not None:
@@ -163,7 +164,8 @@ class DataPlane:
         else:
             result = await model.call(model.predict, payload, context)
         t2 = time.perf_counter()
-        result = await model.call(model.postprocess, result, context)
+        if model.has_postprocess:
+            result = await model.call(model.postprocess, result, context)
         t3 = time.perf_counter()
         pre.observe(t1 - t0)
         predict.observe(t2 - t1)

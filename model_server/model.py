@@ -113,6 +113,15 @@ class Model:
     def has_explainer(self) -> bool:
         return type(self).explain is not Model.explain
 
+    @property
+    def has_preprocess(self) -> bool:
+        """False while preprocess is the base class's identity, which the dataplane then skips."""
+        return type(self).preprocess is not Model.preprocess
+
+    @property
+    def has_postprocess(self) -> bool:
+        return type(self).postprocess is not Model.postprocess
+
     async def call(self, hook: Callable[..., Any], *args: Any) -> Any:
         """Call a hook: coroutine functions are awaited, plain functions run on this model's thread pool.
 

@@ -192,7 +192,7 @@ def reply(
 ) -> web.Response:
     headers.update(context.response_headers)
     if context.timings:
-        headers["Server-Timing"] = ", ".join([f"{k};dur={v * 1000:.3f}" for k, v in context.timings.items()])
+        headers["Server-Timing"] = server_timing(context.timings)
     request_id = request.headers.get("x-request-id")
     if request_id:
         headers["x-request-id"] = request_id
@@ -230,3 +230,7 @@ async def metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encoder(request.app[DATAPLANE].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    return ", ".join([f"{name};dur={seconds * 1000:.3f}" for name, seconds in timings.items()])
