@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp import StreamReader, web
+from multidict import CIMultiDict
 
 from common.errors import UpstreamError, UpstreamTimeout
+from common.upstream import UpstreamPool, UpstreamResponse
 
 HOP_BY_HOP = frozenset(
     {
@@ -45,8 +46,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-CHUNK = 64 * 1024
 TIMEOUT_MESSAGE = "request timeout"
+_FRAMING = frozenset({"content-length", "transfer-encoding", "expect"})  # the client frames the body itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,33 +58,31 @@ class Timeouts:
 
 
 class ProxyClient:
-    """The process's one upstream client: a pooled session, created in :meth:`start`, closed in :meth:`close`."""
+    """The process's upstream client: keep-alive connection pools (:mod:`common.upstream`), one per upstream."""
 
     def __init__(self, hop: str, *, limit: int = 1000, keepalive: float = 60.0, buffer_limit: int = 256 * 1024):
         self.hop = hop
         self.buffer_limit = buffer_limit
         self._limit = limit
-        self._keepalive = keepalive
-        self._session: aiohttp.ClientSession | None = None
+        self._pools: dict[str, UpstreamPool] = {}
 
     def __repr__(self) -> str:
-        return f"<ProxyClient {self.hop} open={self._session is not None and not self._session.closed}>"
+        return f"<ProxyClient {self.hop} pools={list(self._pools)}>"
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._limit, limit_per_host=self._limit, keepalive_timeout=self._keepalive, ttl_dns_cache=None
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # bodies pass through as the upstream encoded them
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
-        )
+        """Nothing to open ahead of time: connections are made on first use and kept alive."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def _pool(self, upstream: str) -> UpstreamPool:
+        pool = self._pools.get(upstream)
+        if pool is None:
+            parts = urlsplit(upstream)
+            pool = self._pools[upstream] = UpstreamPool(parts.hostname or "127.0.0.1", parts.port or 80, self._limit)
+        return pool
 
     async def forward(
         self,
@@ -100,55 +99,53 @@ class ProxyClient:
         ``headers`` are the headers to send (default: :func:`upstream_headers` of the request); ``started`` is
         when this hop received the request (``time.perf_counter()``), for Server-Timing and the total timeout.
         """
-        assert self._session is not None, "ProxyClient.start() was not awaited"
         started = time.perf_counter() if started is None else started
         loop = asyncio.get_running_loop()
         deadline = _Deadline(loop, timeouts, loop.time() - (time.perf_counter() - started))
-        url = upstream + request.rel_url.raw_path_qs
         outgoing = upstream_headers(request) if headers is None else headers
         response: web.StreamResponse | None = None
+        answer: UpstreamResponse | None = None
         try:
             async with deadline.scope() as scope:
-                body = await self._body(request)
-                async with self._session.request(
-                    request.method, url, headers=outgoing, data=body, allow_redirects=False
-                ) as upstream_response:
-                    deadline.response_started(scope)
-                    headers = response_headers(upstream_response.headers)
-                    headers["Server-Timing"] = _server_timing(upstream_response.headers, self.hop, started, timings)
-                    length = upstream_response.content_length
-                    status, reason = upstream_response.status, upstream_response.reason
-                    if length is not None and length <= self.buffer_limit and not _is_stream(upstream_response):
-                        body_bytes = await upstream_response.read()
-                        return web.Response(status=status, reason=reason, body=body_bytes, headers=headers)
-                    response = web.StreamResponse(status=status, reason=reason, headers=headers)
-                    if length is not None:
-                        response.content_length = length
-                    await response.prepare(request)
-                    async for chunk in upstream_response.content.iter_any():
-                        await response.write(chunk)
-                        deadline.wrote(scope)
-                    await response.write_eof()
-                    return response
+                body, length = await self._body(request)
+                answer = await self._pool(upstream).request(
+                    request.method, request.rel_url.raw_path_qs, _sendable(outgoing), body, length
+                )
+                deadline.response_started(scope)
+                out = response_headers(answer.headers)
+                out["Server-Timing"] = _server_timing(answer.headers, self.hop, started, timings)
+                size = answer.content_length
+                if answer.complete or (size is not None and size <= self.buffer_limit and not _is_stream(answer)):
+                    data = await answer.read()
+                    return web.Response(status=answer.status, body=data, headers=out)
+                response = web.StreamResponse(status=answer.status, headers=out)
+                if size is not None:
+                    response.content_length = size
+                await response.prepare(request)
+                async for chunk in answer.chunks():
+                    await response.write(chunk)
+                    deadline.wrote(scope)
+                await response.write_eof()
+                return response
         except TimeoutError:
             if response is None:
                 raise UpstreamTimeout(TIMEOUT_MESSAGE) from None
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        except OSError as exc:  # refused, reset, or closed before the response was complete
             if response is None:
                 raise UpstreamError(f"upstream {upstream} failed: {_reason(exc)}") from None
-        except aiohttp.ClientPayloadError:
-            if response is None:
-                raise UpstreamError(f"upstream {upstream} sent a malformed response") from None
+        finally:
+            if answer is not None:
+                answer.release()
         _abort(request)  # the response had started: it cannot get an error status any more
         return response
 
-    async def _body(self, request: web.Request) -> bytes | aiohttp.StreamReader | None:
+    async def _body(self, request: web.Request) -> tuple[bytes | StreamReader | None, int | None]:
         if not request.body_exists:
-            return None
+            return None, None
         length = request.content_length
         if length is not None and length <= self.buffer_limit:
-            return await request.read()
-        return request.content
+            return await request.read(), length
+        return request.content, length
 
 
 class _Deadline:
@@ -164,7 +161,8 @@ class _Deadline:
         return asyncio.timeout_at(self._next(min(first) if first else None))
 
     def response_started(self, scope: asyncio.Timeout) -> None:
-        scope.reschedule(self._next(self._timeouts.idle))
+        if self._timeouts.idle is not None or self._timeouts.response_start is not None:
+            scope.reschedule(self._next(self._timeouts.idle))
 
     def wrote(self, scope: asyncio.Timeout) -> None:
         if self._timeouts.idle is not None:
@@ -178,7 +176,7 @@ class _Deadline:
 def upstream_headers(request: web.Request) -> CIMultiDict[str]:
     """The request's headers as an upstream should get them: hop-by-hop gone, X-Forwarded-* and Forwarded set."""
     incoming = request.headers
-    headers = _without_hop_by_hop(incoming)
+    headers = _without_hop_by_hop(incoming.items(), incoming.get("Connection", ""))
     remote = request.remote or ""
     if "Forwarded" not in headers:
         headers["Forwarded"] = forwarded(incoming, remote, request.scheme, request.host)
@@ -208,39 +206,48 @@ def _node(address: str) -> str:
     return f'"[{address}]"' if ":" in address else address
 
 
-def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    out = _without_hop_by_hop(headers)
-    out.popall("Content-Length", None)  # set again from the body by aiohttp
-    return out
+def response_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """An upstream's response headers as the client should get them (the length is set again by aiohttp)."""
+    pairs = list(headers)
+    connection = next((value for key, value in pairs if key.lower() == "connection"), "")
+    return _without_hop_by_hop(pairs, connection, drop=("content-length",))
 
 
-def _without_hop_by_hop(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    named = {token.strip().lower() for token in headers.get("Connection", "").split(",") if token.strip()}
+def _sendable(headers: CIMultiDict[str]) -> list[tuple[str, str]]:
+    """Request headers for the upstream client, which writes the body framing itself."""
+    return [(key, value) for key, value in headers.items() if key.lower() not in _FRAMING]
+
+
+def _without_hop_by_hop(
+    pairs: Iterable[tuple[str, str]], connection: str, drop: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    named = {token.strip().lower() for token in connection.split(",") if token.strip()}
+    named.update(drop)
     return CIMultiDict(
-        (key, value) for key, value in headers.items() if key.lower() not in HOP_BY_HOP and key.lower() not in named
+        (key, value) for key, value in pairs if key.lower() not in HOP_BY_HOP and key.lower() not in named
     )
 
 
 def _server_timing(
-    upstream: CIMultiDictProxy[str], hop: str, started: float, extra: Mapping[str, float] | None
+    upstream: Iterable[tuple[str, str]], hop: str, started: float, extra: Mapping[str, float] | None
 ) -> str:
     entries = [f"{hop};dur={(time.perf_counter() - started) * 1000:.3f}"]
     if extra:
         entries.extend(f"{name};dur={seconds * 1000:.3f}" for name, seconds in extra.items())
-    existing = ", ".join(upstream.getall("Server-Timing", ()))
+    existing = ", ".join(value for key, value in upstream if key.lower() == "server-timing")
     return ", ".join([existing, *entries]) if existing else ", ".join(entries)
 
 
-def _is_stream(upstream: aiohttp.ClientResponse) -> bool:
-    return upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+def _is_stream(answer: UpstreamResponse) -> bool:
+    return (answer.header("Content-Type") or "").startswith("text/event-stream")
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connection failed ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "connection closed before the response"
-    return f"connection error ({exc})"
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection failed ({exc.strerror or 'refused'})"
+    if exc.__class__.__name__ == "UpstreamClosed":
+        return str(exc)
+    return f"connection error ({exc.strerror or exc})"
 
 
 def _abort(request: web.Request) -> None:

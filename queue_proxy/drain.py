@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class Drainer:
 
     def touch(self) -> None:
         """A request arrived (probes excluded): the quiet period starts again."""
-        self._last_request = asyncio.get_running_loop().time()
+        self._last_request = time.monotonic()  # not loop.time(): get_running_loop() costs a syscall per request
 
     def start(self) -> None:
         if not self.draining:
@@ -39,6 +40,5 @@ class Drainer:
 
     async def wait_quiet(self) -> None:
         """Return once ``quiet_period`` seconds have passed since the last request."""
-        loop = asyncio.get_running_loop()
-        while (remaining := self._last_request + self.quiet_period - loop.time()) > 0:
+        while (remaining := self._last_request + self.quiet_period - time.monotonic()) > 0:
             await asyncio.sleep(remaining)

@@ -1,0 +1,283 @@
+"""A lean HTTP/1.1 client for the proxy hops: keep-alive connections to one upstream, httptools for parsing.
+
+The proxy core needs far less than a general client (no redirects, cookies, auth, DNS or TLS), and on a hop that
+answers thousands of requests a second the general client's per-request machinery was most of the hop's CPU.
+Here a request is one ``write`` of the head (and body, when it is already in memory), and the response is parsed
+by httptools' C parser as it arrives:
+
+    pool.request(...)   an idle connection (or a new one) → write → await the response head
+    response.read()     the whole body;  response.chunks(): the body as it arrives (streams, SSE)
+    response.release()  back to the idle pool if the exchange completed and both sides keep it alive; else closed
+
+A request sent on a reused idle connection that the upstream had already closed is retried once on a new one,
+when its body can be sent again. Flow control both ways: writes wait while the transport's buffer is full, and
+reading pauses while more than ``HIGH_WATER`` bytes of body wait for the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+
+import httptools
+from aiohttp import StreamReader
+
+HIGH_WATER = 1024 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class UpstreamClosed(ConnectionError):
+    """The upstream closed the connection before the response was complete."""
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: UpstreamResponse | None = None
+        self.lost: BaseException | None = None
+        self.used = False
+        self._head: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamClosed(f"malformed response ({exc})"))
+            self.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._fail(exc or UpstreamClosed("connection closed before the response was complete"))
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_exception(self.lost)  # type: ignore[arg-type]
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    # -- httptools callbacks ---------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.response is not None:
+            self.response.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response is not None:
+            self.response.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        if response is None:
+            return
+        response.status = self.parser.get_status_code()
+        if response.status < 200:  # 1xx: an interim answer; the real head follows
+            response.headers = []
+            return
+        if response.head_only or response.status in _NO_BODY_STATUSES:
+            response.complete = True
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        response = self.response
+        if response is not None:
+            response.feed(body)
+            if response.buffered > HIGH_WATER and self.transport is not None:
+                self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        response = self.response
+        if response is not None and response.status >= 200:
+            response.complete = True
+            response.keep_alive = self.parser.should_keep_alive()
+            response.wake()
+
+    # -- use -------------------------------------------------------------------------------------------------
+    async def send(self, head: bytes, body: bytes | StreamReader | None, chunked: bool) -> None:
+        assert self.transport is not None
+        if isinstance(body, bytes) or body is None:
+            self.transport.write(head + body if body else head)
+            return
+        self.transport.write(head)
+        async for piece in body.iter_any():
+            self.transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+            if self._writable is not None:
+                await self._writable
+        if chunked:
+            self.transport.write(b"0\r\n\r\n")
+
+    async def exchange(self, head: bytes, body: bytes | StreamReader | None, chunked: bool, head_only: bool):
+        self.used = True
+        self.response = UpstreamResponse(self, head_only)
+        self._head = asyncio.get_running_loop().create_future()
+        await self.send(head, body, chunked)
+        await self._head
+        return self.response
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.lost is None:
+            self.lost = exc
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(exc)
+        if self.response is not None:
+            self.response.wake()
+
+
+class UpstreamResponse:
+    """The response head at once; the body read whole or chunk by chunk, as the parser delivers it."""
+
+    __slots__ = ("_conn", "head_only", "status", "headers", "complete", "keep_alive", "buffered", "_chunks",
+                 "_waiter", "_released")
+
+    def __init__(self, conn: _Connection, head_only: bool) -> None:
+        self._conn = conn
+        self.head_only = head_only
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.complete = False
+        self.keep_alive = False
+        self.buffered = 0
+        self._chunks: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._released = False
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.header("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.buffered += len(data)
+        self.wake()
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            while self._chunks:
+                piece = self._chunks.popleft()
+                self.buffered -= len(piece)
+                if self.buffered <= HIGH_WATER // 2:
+                    self._conn.resume()
+                yield piece
+            if self.complete:
+                return
+            if self._conn.lost is not None:
+                raise self._conn.lost
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+
+    async def read(self) -> bytes:
+        return b"".join([piece async for piece in self.chunks()])
+
+    def release(self) -> None:
+        """Return the connection to the pool if this exchange completed cleanly; close it otherwise."""
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        conn.response = None
+        if self.complete and self.keep_alive and not self.head_only and conn.lost is None:
+            conn.pool.put(conn)
+        else:
+            conn.close()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one ``host:port``; at most ``limit`` idle ones are kept."""
+
+    def __init__(self, host: str, port: int, limit: int = 1000) -> None:
+        self.host, self.port, self.limit = host, port, limit
+        self._idle: deque[_Connection] = deque()
+
+    def __repr__(self) -> str:
+        return f"<UpstreamPool {self.host}:{self.port} idle={len(self._idle)}>"
+
+    async def request(
+        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | StreamReader | None,
+        length: int | None,
+    ) -> UpstreamResponse:
+        chunked = body is not None and not isinstance(body, bytes) and length is None
+        head = _head(method, target, headers, body, length, chunked)
+        head_only = method == "HEAD"
+        conn = self._take()
+        if conn is not None:
+            try:
+                return await conn.exchange(head, body, chunked, head_only)
+            except (ConnectionError, OSError):
+                conn.close()
+                if not isinstance(body, (bytes, type(None))):
+                    raise  # a streamed body cannot be sent again
+        conn = await self._connect()
+        try:
+            return await conn.exchange(head, body, chunked, head_only)
+        except BaseException:
+            conn.close()
+            raise
+
+    def put(self, conn: _Connection) -> None:
+        if len(self._idle) < self.limit and conn.transport is not None and not conn.transport.is_closing():
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+    def _take(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.lost is None and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
+        return conn
+
+
+def _head(
+    method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | StreamReader | None,
+    length: int | None, chunked: bool,
+) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    if isinstance(body, bytes):
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    elif chunked:
+        lines.append("Transfer-Encoding: chunked\r\n")
+    elif body is not None:
+        lines.append(f"Content-Length: {length}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
