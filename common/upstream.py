@@ -197,6 +197,11 @@ class UpstreamResponse:
             self._waiter = None
 
     async def read(self) -> bytes:
+        if self.complete:  # the usual case for a small answer: every byte is already here
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self.buffered = 0
+            return data
         return b"".join([piece async for piece in self.chunks()])
 
     def release(self) -> None:

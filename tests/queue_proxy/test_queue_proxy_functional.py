@@ -273,11 +273,16 @@ async def test_stats_count_requests_proxied_ones_and_queued_ones(upstream, start
     qp = await start_queue_proxy(upstream.port, container_concurrency=1)
     held = [asyncio.create_task(fetch(client, url(qp, "/hold"), headers={"K-Proxy-Request": "activator"}))
             for _ in range(3)]
-    await asyncio.sleep(0.1)
+    for _ in range(200):
+        if upstream.running == 1 and qp.breaker.waiting == 2:
+            break
+        await asyncio.sleep(0.01)
     assert upstream.running == 1  # two wait in the breaker, and count as concurrency all the same
+    qp.stats.cut()  # start a window in which all three are in
+    await asyncio.sleep(0.05)
     report = qp.stats.cut()
-    assert report.average_concurrency == pytest.approx(3, rel=0.2)
-    assert report.average_proxied_concurrency == pytest.approx(3, rel=0.2)
+    assert report.average_concurrency == pytest.approx(3)
+    assert report.average_proxied_concurrency == pytest.approx(3)
     await fetch(client, url(qp, "/"), headers=KUBE_PROBE)  # probes never count
     upstream.release.set()
     await asyncio.gather(*held)
