@@ -27,10 +27,6 @@ def repository(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-async def server(start_model_server, repository: Path):
-    return await start_model_server(repository)
-
 
 def inputs(i: int) -> dict[str, np.ndarray]:
     return {

@@ -30,15 +30,6 @@ def repository(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-async def server(start_model_server, repository: Path):
-    return await start_model_server(repository)
-
-
-@pytest.fixture
-async def http(server):
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as session:
-        yield session
 
 
 def v2_text(*texts: str) -> dict:

@@ -36,10 +36,6 @@ def repository(tmp_path: Path, iris_repository: Path) -> Path:
     return root
 
 
-@pytest.fixture
-async def server(start_model_server, repository):
-    return await start_model_server(repository)
-
 
 async def test_iris_over_tritonclient_grpc(server):
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")

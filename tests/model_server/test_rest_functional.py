@@ -34,15 +34,6 @@ def repository(tmp_path: Path, iris_repository: Path) -> Path:
     return root
 
 
-@pytest.fixture
-async def server(start_model_server, repository: Path):
-    return await start_model_server(repository)
-
-
-@pytest.fixture
-async def http(server):
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as session:
-        yield session
 
 
 async def get_json(http: aiohttp.ClientSession, path: str, status: int = 200) -> dict:
