@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import StreamReader, web
-from multidict import CIMultiDict
 
 from common.errors import UpstreamError, UpstreamTimeout
 from common.upstream import UpstreamPool, UpstreamResponse
@@ -47,7 +46,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 TIMEOUT_MESSAGE = "request timeout"
-_FRAMING = frozenset({"content-length", "transfer-encoding", "expect"})  # the client frames the body itself
+_SKIP_OUT = HOP_BY_HOP | {"content-length", "expect"}  # the upstream client frames the body itself
+_SKIP_BACK = HOP_BY_HOP | {"content-length", "server-timing"}
+_FORWARDING = frozenset({"forwarded", "x-forwarded-proto", "x-forwarded-host"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class ProxyClient:
         request: web.Request,
         upstream: str,
         *,
-        headers: CIMultiDict[str] | None = None,
+        headers: list[tuple[str, str]] | None = None,
         timeouts: Timeouts = Timeouts(),
         started: float | None = None,
         timings: Mapping[str, float] | None = None,
@@ -109,11 +110,10 @@ class ProxyClient:
             async with deadline.scope() as scope:
                 body, length = await self._body(request)
                 answer = await self._pool(upstream).request(
-                    request.method, request.rel_url.raw_path_qs, _sendable(outgoing), body, length
+                    request.method, request.rel_url.raw_path_qs, outgoing, body, length
                 )
                 deadline.response_started(scope)
-                out = response_headers(answer.headers)
-                out["Server-Timing"] = _server_timing(answer.headers, self.hop, started, timings)
+                out = response_headers(answer.headers, _server_timing(answer.headers, self.hop, started, timings))
                 size = answer.content_length
                 if answer.complete or (size is not None and size <= self.buffer_limit and not _is_stream(answer)):
                     data = await answer.read()
@@ -173,20 +173,39 @@ class _Deadline:
         return min(candidates) if candidates else None
 
 
-def upstream_headers(request: web.Request) -> CIMultiDict[str]:
-    """The request's headers as an upstream should get them: hop-by-hop gone, X-Forwarded-* and Forwarded set."""
+def upstream_headers(
+    request: web.Request, *, drop: frozenset[str] = frozenset(), host: str | None = None
+) -> list[tuple[str, str]]:
+    """The request's headers as an upstream should get them, in one pass: hop-by-hop and body framing gone (the
+    client frames the body), ``drop`` (lower-case names) gone, Host replaced by ``host`` if given, X-Forwarded-*
+    set and a Forwarded header synthesised from them when the request has none."""
     incoming = request.headers
-    headers = _without_hop_by_hop(incoming.items(), incoming.get("Connection", ""))
+    connection = incoming.get("Connection")
+    skip = _SKIP_OUT | drop if connection is None else _SKIP_OUT | drop | _tokens(connection)
+    out: list[tuple[str, str]] = []
+    previous = None
+    seen: set[str] = set()
+    for key, value in incoming.items():
+        lower = key.lower()
+        if lower in skip:
+            continue
+        if lower == "x-forwarded-for":
+            previous = value if previous is None else f"{previous}, {value}"
+            continue
+        if lower == "host" and host:
+            value = host
+        elif lower in _FORWARDING:
+            seen.add(lower)
+        out.append((key, value))
     remote = request.remote or ""
-    if "Forwarded" not in headers:
-        headers["Forwarded"] = forwarded(incoming, remote, request.scheme, request.host)
-    previous = incoming.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{previous}, {remote}" if previous else remote
-    if "X-Forwarded-Proto" not in headers:
-        headers["X-Forwarded-Proto"] = request.scheme
-    if "X-Forwarded-Host" not in headers and request.host:
-        headers["X-Forwarded-Host"] = request.host
-    return headers
+    if "forwarded" not in seen:
+        out.append(("Forwarded", forwarded(incoming, remote, request.scheme, request.host)))
+    out.append(("X-Forwarded-For", f"{previous}, {remote}" if previous else remote))
+    if "x-forwarded-proto" not in seen:
+        out.append(("X-Forwarded-Proto", request.scheme))
+    if "x-forwarded-host" not in seen and request.host:
+        out.append(("X-Forwarded-Host", request.host))
+    return out
 
 
 def forwarded(incoming: Mapping[str, str], remote: str, scheme: str, host: str) -> str:
@@ -206,26 +225,23 @@ def _node(address: str) -> str:
     return f'"[{address}]"' if ":" in address else address
 
 
-def response_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """An upstream's response headers as the client should get them (the length is set again by aiohttp)."""
+def response_headers(
+    headers: Iterable[tuple[str, str]], server_timing: str | None = None
+) -> list[tuple[str, str]]:
+    """An upstream's response headers as the client should get them: hop-by-hop gone, the length left for aiohttp
+    to set again, and ``Server-Timing`` replaced by ``server_timing`` when given."""
     pairs = list(headers)
-    connection = next((value for key, value in pairs if key.lower() == "connection"), "")
-    return _without_hop_by_hop(pairs, connection, drop=("content-length",))
+    connection = next((value for key, value in pairs if key.lower() == "connection"), None)
+    skip = _SKIP_BACK if connection is None else _SKIP_BACK | _tokens(connection)
+    out = [(key, value) for key, value in pairs if key.lower() not in skip]
+    if server_timing is not None:
+        out.append(("Server-Timing", server_timing))
+    return out
 
 
-def _sendable(headers: CIMultiDict[str]) -> list[tuple[str, str]]:
-    """Request headers for the upstream client, which writes the body framing itself."""
-    return [(key, value) for key, value in headers.items() if key.lower() not in _FRAMING]
-
-
-def _without_hop_by_hop(
-    pairs: Iterable[tuple[str, str]], connection: str, drop: Iterable[str] = ()
-) -> CIMultiDict[str]:
-    named = {token.strip().lower() for token in connection.split(",") if token.strip()}
-    named.update(drop)
-    return CIMultiDict(
-        (key, value) for key, value in pairs if key.lower() not in HOP_BY_HOP and key.lower() not in named
-    )
+def _tokens(connection: str) -> frozenset[str]:
+    """The header names a Connection header lists: hop-by-hop for this exchange only."""
+    return frozenset(token.strip().lower() for token in connection.split(",") if token.strip())
 
 
 def _server_timing(

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBE_AGENTS = ("kube-probe/", "Knative-Activator-Probe", "Knative-Autoscaling-Probe")
-STRIPPED = ("Knative-Serving-Revision", "Knative-Serving-Namespace")  # common.grpc_proxy strips them on gRPC
+# Never reach the model server (common.grpc_proxy drops the same names from gRPC metadata).
+_KNATIVE_HEADERS = frozenset({"knative-serving-revision", "knative-serving-namespace", "k-original-host"})
 
 
 class QueueProxy:
@@ -276,12 +277,6 @@ class GrpcAdmission(Admission):
         self.qp.metrics.observe(http_status_of(self.outcome.code), now - self.started, now - self.admitted_at)
 
 
-def _upstream_headers(request: web.Request) -> object:
+def _upstream_headers(request: web.Request) -> list[tuple[str, str]]:
     """What the model server gets: Knative's routing headers gone, ``K-Original-Host`` back as Host."""
-    headers = upstream_headers(request)
-    for name in STRIPPED:
-        headers.popall(name, None)
-    original_host = headers.popall("K-Original-Host", None)
-    if original_host:
-        headers["Host"] = original_host[0]
-    return headers
+    return upstream_headers(request, drop=_KNATIVE_HEADERS, host=request.headers.get("K-Original-Host"))
