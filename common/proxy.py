@@ -66,12 +66,14 @@ class ProxyClient:
         self.buffer_limit = buffer_limit
         self._limit = limit
         self._pools: dict[str, UpstreamPool] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # kept: get_running_loop() is a syscall on 3.11
 
     def __repr__(self) -> str:
         return f"<ProxyClient {self.hop} pools={list(self._pools)}>"
 
     async def start(self) -> None:
         """Nothing to open ahead of time: connections are made on first use and kept alive."""
+        self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
         for pool in self._pools.values():
@@ -101,18 +103,18 @@ class ProxyClient:
         when this hop received the request (``time.perf_counter()``), for Server-Timing and the total timeout.
         """
         started = time.perf_counter() if started is None else started
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         deadline = _Deadline(loop, timeouts, loop.time() - (time.perf_counter() - started))
         outgoing = upstream_headers(request) if headers is None else headers
         response: web.StreamResponse | None = None
         answer: UpstreamResponse | None = None
         try:
-            async with deadline.scope() as scope:
+            async with deadline:
                 body, length = await self._body(request)
                 answer = await self._pool(upstream).request(
                     request.method, request.rel_url.raw_path_qs, outgoing, body, length
                 )
-                deadline.response_started(scope)
+                deadline.response_started()
                 out = response_headers(answer.headers, _server_timing(answer.headers, self.hop, started, timings))
                 size = answer.content_length
                 if answer.complete or (size is not None and size <= self.buffer_limit and not _is_stream(answer)):
@@ -124,7 +126,7 @@ class ProxyClient:
                 await response.prepare(request)
                 async for chunk in answer.chunks():
                     await response.write(chunk)
-                    deadline.wrote(scope)
+                    deadline.wrote()
                 await response.write_eof()
                 return response
         except TimeoutError:
@@ -149,24 +151,55 @@ class ProxyClient:
 
 
 class _Deadline:
-    """One ``asyncio.timeout`` scope, rescheduled as the exchange moves on (no task per stage or chunk)."""
+    """The exchange's one timer, moved as the exchange goes on; ``asyncio.timeout``'s semantics (the task is
+    cancelled, and the cancellation leaves the scope as ``TimeoutError``) without its per-use ``current_task()``
+    lookup, which on Python 3.11 costs a system call."""
+
+    __slots__ = ("_loop", "_timeouts", "_end", "_task", "_cancelling", "_handle", "_expired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeouts: Timeouts, start: float) -> None:
         self._loop = loop
         self._timeouts = timeouts
         self._end = None if timeouts.total is None else start + timeouts.total
+        self._task: asyncio.Task[object] | None = None
+        self._cancelling = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._expired = False
 
-    def scope(self) -> asyncio.Timeout:
+    async def __aenter__(self) -> _Deadline:
+        task = self._task = asyncio.current_task(self._loop)
+        assert task is not None
+        self._cancelling = task.cancelling()
         first = [t for t in (self._timeouts.response_start, self._timeouts.idle) if t is not None]
-        return asyncio.timeout_at(self._next(min(first) if first else None))
+        self._arm(self._next(min(first) if first else None))
+        return self
 
-    def response_started(self, scope: asyncio.Timeout) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._expired and self._task is not None:
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc
+
+    def response_started(self) -> None:
         if self._timeouts.idle is not None or self._timeouts.response_start is not None:
-            scope.reschedule(self._next(self._timeouts.idle))
+            self._arm(self._next(self._timeouts.idle))
 
-    def wrote(self, scope: asyncio.Timeout) -> None:
+    def wrote(self) -> None:
         if self._timeouts.idle is not None:
-            scope.reschedule(self._next(self._timeouts.idle))
+            self._arm(self._next(self._timeouts.idle))
+
+    def _arm(self, when: float | None) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = None if when is None or self._expired else self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._handle = None
+        self._expired = True
+        assert self._task is not None
+        self._task.cancel()
 
     def _next(self, stage: float | None) -> float | None:
         candidates = [t for t in (self._end, None if stage is None else self._loop.time() + stage) if t is not None]

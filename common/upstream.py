@@ -32,8 +32,9 @@ class UpstreamClosed(ConnectionError):
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: UpstreamPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
+        self.loop = loop  # kept: on Python 3.11 every get_running_loop() is a getpid() system call
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
@@ -59,7 +60,7 @@ class _Connection(asyncio.Protocol):
             self._writable.set_exception(self.lost)  # type: ignore[arg-type]
 
     def pause_writing(self) -> None:
-        self._writable = asyncio.get_running_loop().create_future()
+        self._writable = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
@@ -119,7 +120,7 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, head: bytes, body: bytes | StreamReader | None, chunked: bool, head_only: bool):
         self.used = True
         self.response = UpstreamResponse(self, head_only)
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = self.loop.create_future()
         await self.send(head, body, chunked)
         await self._head
         return self.response
@@ -192,7 +193,7 @@ class UpstreamResponse:
                 return
             if self._conn.lost is not None:
                 raise self._conn.lost
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._conn.loop.create_future()
             await self._waiter
             self._waiter = None
 
@@ -268,7 +269,7 @@ class UpstreamPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
+        _, conn = await loop.create_connection(lambda: _Connection(self, loop), self.host, self.port)
         return conn
 
 
