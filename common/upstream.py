@@ -111,6 +111,8 @@ class _Connection(asyncio.Protocol):
             return
         self.transport.write(head)
         async for piece in body.iter_any():
+            if self.transport.is_closing():  # the upstream answered early (a 413, say) and closed: stop sending
+                return
             self.transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
             if self._writable is not None:
                 await self._writable

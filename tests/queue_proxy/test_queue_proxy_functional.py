@@ -296,3 +296,26 @@ async def test_stats_count_requests_proxied_ones_and_queued_ones(upstream, start
         assert response.status == 200
         stat = await response.json()
     assert stat["pod_name"] == "iris-00001-pod"
+
+
+# -- with the real model server ----------------------------------------------------------------------------------
+async def test_oversized_body_gets_the_model_servers_413_through_the_proxy(
+    start_model_server, iris_repository, start_queue_proxy, client
+):
+    server = await start_model_server(iris_repository, max_request_bytes=64 * 1024)
+    qp = await start_queue_proxy(server.http_port)
+    body = b'{"instances": [' + b"[1, 2, 3, 4], " * 200_000 + b"[1, 2, 3, 4]]}"  # ~2.8 MB: streamed upstream
+    async with client.post(url(qp, "/v1/models/sklearn-iris:predict"), data=io.BytesIO(body),
+                           headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 413
+        assert "limit" in (await response.json())["error"]
+
+    async def chunks():
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    async with client.post(url(qp, "/v1/models/sklearn-iris:predict"), data=chunks()) as response:
+        assert response.status == 413  # no length up front: the model server stops reading at its limit
+    async with client.post(url(qp, "/v1/models/sklearn-iris:predict"),
+                           json={"instances": [[6.8, 2.8, 4.8, 1.4]]}) as response:
+        assert response.status == 200 and await response.json() == {"predictions": [1]}
