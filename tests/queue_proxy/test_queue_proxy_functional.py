@@ -112,6 +112,14 @@ async def test_upstream_refusing_connections_is_502(start_queue_proxy, client):
         assert "connection failed" in (await response.json())["error"]
 
 
+async def test_upstream_dying_mid_request_is_502_and_the_next_request_is_fine(upstream, start_queue_proxy, client):
+    qp = await start_queue_proxy(upstream.port)
+    async with client.get(url(qp, "/die")) as response:
+        assert response.status == 502
+        assert "closed before" in (await response.json())["error"]
+    assert (await fetch(client, url(qp, "/status/200")))[0] == 200
+
+
 # -- headers -----------------------------------------------------------------------------------------------------
 async def test_headers_rewritten_for_the_model_server(upstream, start_queue_proxy, client):
     qp = await start_queue_proxy(upstream.port)

@@ -36,6 +36,7 @@ class Upstream:
         app.router.add_get("/late-start", self.late_start)
         app.router.add_get("/stall", self.stall)
         app.router.add_get("/status/{code}", self.status)
+        app.router.add_get("/die", self.die)
         return app
 
     async def readiness(self, request: web.Request) -> web.Response:
@@ -101,6 +102,13 @@ class Upstream:
             self.cancelled += 1
             raise
         return response
+
+    async def die(self, request: web.Request) -> web.Response:
+        """The upstream process dying mid-request: the connection drops with no response."""
+        assert request.transport is not None
+        request.transport.abort()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
 
     async def status(self, request: web.Request) -> web.Response:
         return web.Response(status=int(request.match_info["code"]), text="as asked")
