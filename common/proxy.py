@@ -61,7 +61,7 @@ class Timeouts:
 class ProxyClient:
     """The process's upstream client: keep-alive connection pools (:mod:`common.upstream`), one per upstream."""
 
-    def __init__(self, hop: str, *, limit: int = 1000, keepalive: float = 60.0, buffer_limit: int = 256 * 1024):
+    def __init__(self, hop: str, *, limit: int = 1000, buffer_limit: int = 256 * 1024):
         self.hop = hop
         self.buffer_limit = buffer_limit
         self._limit = limit
