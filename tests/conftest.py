@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,17 @@ import pytest
 from tests.harness import ROOT
 
 IRIS_REPOSITORY = ROOT / "examples" / "models"
+
+
+@pytest.fixture(scope="session")
+def fresh_stubs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every protobuf stub scripts/gen_proto.py makes, generated once into a temporary folder."""
+    out = tmp_path_factory.mktemp("stubs")
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--out", str(out)],
+        cwd=ROOT, check=True, capture_output=True, timeout=60,
+    )
+    return out
 
 
 @pytest.fixture
