@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from common.errors import PayloadTooLarge, ServelaneError
+from common.http import error_response, json_response
 from model_server import codec_rest, compression
 from model_server.config import ModelServerConfig
 from model_server.dataplane import DataPlane
@@ -84,14 +85,6 @@ def _reason(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 405:
         return f"Method Not Allowed: {request.method} {request.path}"
     return exc.reason
-
-
-def error_response(status: int, message: str) -> web.Response:
-    return web.Response(status=status, body=codec_rest.dumps({"error": message}), content_type="application/json")
-
-
-def json_response(value: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=codec_rest.dumps(value), content_type="application/json")
 
 
 # -- health and metadata ---------------------------------------------------------------------------------------
