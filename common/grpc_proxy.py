@@ -12,8 +12,9 @@ One call, top to bottom::
     upstream call              deadline: what is left of ``timeout`` and of the client's own deadline
     relay                      initial metadata, each message, trailing metadata, status code and details
 
-Metadata goes upstream minus what gRPC writes itself and the Knative routing headers. ``K-Original-Host`` is
-dropped too: grpc python cannot set ``:authority`` per call, and the channel's authority is the upstream's.
+Metadata goes upstream minus what gRPC writes itself and the names the caller asks to ``drop`` (the queue-proxy
+drops Knative's routing headers, ``k-original-host`` among them: grpc python cannot set ``:authority`` per call;
+a gateway, which adds those headers, drops nothing).
 
 Errors become a gRPC status in one place, :func:`_failure`::
 
@@ -63,8 +64,6 @@ _TRANSPORT = frozenset(
         "grpc-message",
     }
 )
-# Knative routing headers: never forwarded to the model server.
-_KNATIVE = frozenset({"knative-serving-revision", "knative-serving-namespace", "k-original-host"})
 # What grpc core says when it made up the status itself, on this side of the upstream connection.
 _CONNECT_FAILED = "failed to connect to all addresses"
 _LOCAL_DEADLINE = "Deadline Exceeded"
@@ -81,18 +80,24 @@ class CallOutcome:
 Admit = Callable[[dict[str, str]], AbstractAsyncContextManager[CallOutcome]]
 
 
-def build_grpc_proxy(upstream: str, *, admit: Admit, timeout: float | None, max_message_bytes: int) -> GrpcProxy:
-    """A proxy to ``upstream`` (``host:port``) gated by ``admit``; ``timeout`` is total seconds, None for none."""
+def build_grpc_proxy(
+    upstream: str, *, admit: Admit, timeout: float | None, max_message_bytes: int, drop: frozenset[str] = frozenset()
+) -> GrpcProxy:
+    """A proxy to ``upstream`` (``host:port``) gated by ``admit``; ``timeout`` is total seconds, None for none;
+    ``drop``: lower-case metadata names never sent upstream."""
     if timeout is not None and timeout <= 0:
         raise ValueError("timeout must be > 0 seconds (or None for no limit)")
     if max_message_bytes <= 0:
         raise ValueError("max_message_bytes must be > 0")
-    return GrpcProxy(upstream, admit, timeout, max_message_bytes)
+    return GrpcProxy(upstream, admit, timeout, max_message_bytes, drop)
 
 
 class GrpcProxy:
-    def __init__(self, upstream: str, admit: Admit, timeout: float | None, max_message_bytes: int) -> None:
+    def __init__(
+        self, upstream: str, admit: Admit, timeout: float | None, max_message_bytes: int, drop: frozenset[str]
+    ) -> None:
         self.upstream = upstream
+        self._drop = drop
         self._admit = admit
         self._timeout = timeout
         self._options = (
@@ -171,7 +176,7 @@ class GrpcProxy:
         """Forward one call upstream and relay everything that comes back; the final status code."""
         assert self._channel is not None, "GrpcProxy.start() opens the channel before any call arrives"
         timeout = _time_left(deadline, context.time_remaining())
-        call = self._channel.stream_stream(method)(requests, metadata=_upstream(received), timeout=timeout)
+        call = self._channel.stream_stream(method)(requests, metadata=_upstream(received, self._drop), timeout=timeout)
         try:
             await _pipe(call, context)
         except grpc.aio.AioRpcError as err:
@@ -238,8 +243,8 @@ def _transport(key: str) -> bool:
     return key.startswith(":") or key in _TRANSPORT
 
 
-def _upstream(received: Iterable[tuple[str, str | bytes]]) -> Metadata:
-    return tuple((key, value) for key, value in received if not _transport(key) and key not in _KNATIVE)
+def _upstream(received: Iterable[tuple[str, str | bytes]], drop: frozenset[str]) -> Metadata:
+    return tuple((key, value) for key, value in received if not _transport(key) and key not in drop)
 
 
 def _response(metadata: Iterable[tuple[str, str | bytes]]) -> Metadata:

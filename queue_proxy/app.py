@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBE_AGENTS = ("kube-probe/", "Knative-Activator-Probe", "Knative-Autoscaling-Probe")
-# Never reach the model server (common.grpc_proxy drops the same names from gRPC metadata).
+# Never reach the model server, over HTTP or gRPC.
 _KNATIVE_HEADERS = frozenset({"knative-serving-revision", "knative-serving-namespace", "k-original-host"})
 
 
@@ -91,7 +91,8 @@ class QueueProxy:
             from common.grpc_proxy import build_grpc_proxy  # grpc costs ~9 MB of RSS: only when there is gRPC
 
             self.grpc = build_grpc_proxy(
-                c.upstream_grpc, admit=self._grpc_admit, timeout=c.timeout, max_message_bytes=64 * 1024 * 1024
+                c.upstream_grpc, admit=self._grpc_admit, timeout=c.timeout, max_message_bytes=64 * 1024 * 1024,
+                drop=_KNATIVE_HEADERS,
             )
             self.ports["grpc"] = await self.grpc.start(c.host, c.grpc_port)
         log.info("queue-proxy for %s listening on %s", c.upstream, self.ports)

@@ -26,6 +26,7 @@ from common.grpc_proxy import CallOutcome, GrpcProxy, build_grpc_proxy
 from tests.models import build_add, build_identity_multi
 
 IRIS_ROWS = np.array([[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]], dtype=np.float32)
+KNATIVE = frozenset({"knative-serving-revision", "knative-serving-namespace", "k-original-host"})
 MiB = 1024 * 1024
 
 
@@ -141,7 +142,9 @@ async def start_proxy(admitter: Admitter) -> AsyncIterator[Callable[..., Awaitab
     proxies: list[GrpcProxy] = []
 
     async def start(upstream: str, timeout: float | None = None, max_message_bytes: int = 4 * MiB) -> Any:
-        proxy = build_grpc_proxy(upstream, admit=admitter, timeout=timeout, max_message_bytes=max_message_bytes)
+        proxy = build_grpc_proxy(
+            upstream, admit=admitter, timeout=timeout, max_message_bytes=max_message_bytes, drop=KNATIVE
+        )
         proxies.append(proxy)
         port = await proxy.start("127.0.0.1", 0)
         return proxy, f"127.0.0.1:{port}"
