@@ -32,7 +32,8 @@ def parse_args(argv: list[str]) -> ModelServerConfig:
                    help="folder in Triton's layout: <model>/<version>/model.onnx [+ <model>/config.yaml]")
     p.add_argument("--model-name", default=env("SERVELANE_MODEL_NAME"), help="serve one model under this name")
     p.add_argument("--model-path", type=Path, default=env("SERVELANE_MODEL_PATH"),
-                   help="the .onnx file of --model-name (with --model-class: whatever the class loads)")
+                   help="the .onnx file of --model-name, or its folder in Triton's layout (<version>/model.onnx "
+                        "[+ config.yaml]); with --model-class: whatever the class loads")
     p.add_argument("--model-class", default=env("SERVELANE_MODEL_CLASS"),
                    help="serve this model_server.model.Model subclass: package.module:Class or file.py:Class "
                         "(the name defaults to 'model'; with --model-repository, the default model_class)")

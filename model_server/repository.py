@@ -3,10 +3,11 @@
 Layout (Triton's): ``<root>/<model>/<version>/model.onnx`` with numeric version folders (not starting with 0)
 and an optional ``<root>/<model>/config.yaml``. A model whose config names a ``model_class`` is that Python class;
 it gets its version folder, or the model folder itself when there are no version folders (served as version 1).
-A single model can also be served with no root: from a file, or a class with or without a path. Keys a
-config.yaml leaves out take the server's defaults (its flags). Loading runs off the event loop (an ``async def
-load`` runs on it); a model that fails to load, or is not ready once ``load()`` returns, stays listed as
-UNAVAILABLE with the reason. Unversioned requests go to the highest version served.
+A single model can also be served with no root, under a name of its own: from a file, from one model folder in
+that layout, or a class with or without a path. Keys a config.yaml leaves out take the server's defaults (its
+flags). Loading runs off the event loop (an ``async def load`` runs on it); a model that fails to load, or is not
+ready once ``load()`` returns, stays listed as UNAVAILABLE with the reason. Unversioned requests go to the highest
+version served.
 """
 
 from __future__ import annotations
@@ -69,8 +70,13 @@ class ModelRepository:
         return f"<ModelRepository {self.root} [{states}]>"
 
     def add_file(self, name: str, path: Path | None) -> None:
-        """Serve one model outside the root: a file, or (with a ``model_class`` default) a class, path or not."""
-        self._sources[name] = Source(name, file=path, single=True)
+        """Serve one model outside the root under ``name``: a file, a model folder in the repository's layout (its
+        version folders and config.yaml, as if it were ``<root>/<name>``), or (with a ``model_class`` default) a
+        class, path or not."""
+        if path is not None and self.defaults.model_class is None and path.is_dir():
+            self._sources[name] = Source(name, folder=path)
+        else:
+            self._sources[name] = Source(name, file=path, single=True)
 
     def scan(self) -> list[str]:
         """Names of the model folders under the root, sorted."""
