@@ -90,9 +90,7 @@ class OnnxModel(Model):
         self._outputs = tuple(_spec(arg) for arg in session.get_outputs())
         if self.config.v1_output and self.config.v1_output not in {o.name for o in self._outputs}:
             raise ValueError(f"v1_output {self.config.v1_output!r} is not an output of {self.path}")
-        self._io_binding = self.config.io_binding == "true" or (
-            self.config.io_binding == "auto" and self.providers[0] != CPU
-        )
+        self._io_binding = self._use_io_binding()
         self._metadata = ModelMetadata(
             name=self.name,
             versions=(self.version,),
@@ -106,6 +104,14 @@ class OnnxModel(Model):
         )
         self._session = session
         self.ready = True
+
+    def _use_io_binding(self) -> bool:
+        """io_binding where a GPU provider runs the model, unless a tensor is a string: onnxruntime binds none."""
+        wanted = self.config.io_binding == "true" or (self.config.io_binding == "auto" and self.providers[0] != CPU)
+        strings = [t.name for t in (*self._inputs, *self._outputs) if t.datatype == "BYTES"]
+        if wanted and strings:
+            log.info("model %s v%s: io_binding off: strings %s cannot be bound", self.name, self.version, strings)
+        return wanted and not strings
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()

@@ -83,3 +83,22 @@ def build_half(path: Path) -> Path:
         initializer=[numpy_helper.from_array(np.array(2.0, dtype=np.float16), "two")],
     )
     return save_model(graph, path)
+
+
+def build_dense(path: Path, inputs: int = 64, outputs: int = 32, seed: int = 0) -> tuple[Path, np.ndarray, np.ndarray]:
+    """x FP32 [-1, inputs] -> y = relu(x @ w + b), FP32 [-1, outputs]; returns the path, w and b (for the answer)."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((inputs, outputs)) / np.sqrt(inputs)).astype(np.float32)
+    b = rng.standard_normal(outputs).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["z"]),
+            helper.make_node("Relu", ["z"], ["y"]),
+        ],
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, inputs])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, outputs])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    return save_model(graph, path), w, b

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from model_server.onnx_model import CUDA, default_providers
 from tests.harness import ServiceProcess, free_port
 from tests.slow_model import build_slow
 
@@ -67,6 +68,7 @@ async def test_sigterm_finishes_in_flight_requests_then_exits_0(repository):
     assert "received SIGTERM" in proc.output()
 
 
+@pytest.mark.skipif(CUDA in [spec.name for spec in default_providers()], reason="this host has a usable GPU")
 async def test_cpu_only_host_serves_on_cpu_and_says_so(repository):
     proc, port, _ = start(repository)
     try:

@@ -18,7 +18,7 @@ from model_server.app import ModelServer
 from model_server.config import ModelServerConfig
 from model_server.model import CallCost, Model
 from model_server.repository import ModelRepository
-from tests.models import build_add, build_half
+from tests.models import build_add, build_half, build_identity_multi
 
 IRIS = np.array([[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]], dtype=np.float32)
 HALF = np.array([[1.5, -2.0], [0.25, 8.0]], dtype=np.float16)
@@ -33,6 +33,8 @@ def repository(tmp_path: Path, iris_repository: Path) -> Path:
     build_half(root / "half" / "1" / "model.onnx")
     build_add(root / "bound" / "1" / "model.onnx", 1.0)
     (root / "bound" / "config.yaml").write_text("io_binding: true\ninline_max_us: 0\n")
+    build_identity_multi(root / "strings" / "1" / "model.onnx")
+    (root / "strings" / "config.yaml").write_text("io_binding: true\n")
     return root
 
 
@@ -96,6 +98,22 @@ async def test_io_binding_path_on_cpu(server):
     model = server.repository.get("bound")
     assert model._io_binding is True
     assert model._cost.per_row is None  # inline_max_us: 0 -> every call went to the pool
+
+
+async def test_io_binding_stays_off_for_a_model_with_string_tensors(server):
+    """onnxruntime binds no string tensor (on a GPU every call with one failed before this was checked at load)."""
+    body = {"inputs": [
+        {"name": "a", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]},
+        {"name": "b", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]},
+        {"name": "c", "shape": [1, 3], "datatype": "BOOL", "data": [True, False, True]},
+        {"name": "s", "shape": [1, 1], "datatype": "BYTES", "data": ["hi"]},
+    ]}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http:
+        async with http.post("/v2/models/strings/infer", json=body) as response:
+            assert response.status == 200, await response.text()
+            outputs = {o["name"]: o["data"] for o in (await response.json())["outputs"]}
+    assert outputs["s_out"] == ["hi"] and outputs["a2"] == [2.0, 4.0, 6.0]
+    assert server.repository.get("strings")._io_binding is False
 
 
 async def test_fast_model_calls_move_inline_after_a_measured_window(server):

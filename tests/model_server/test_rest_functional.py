@@ -15,6 +15,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from model_server.onnx_model import default_providers
 from tests.models import build_add, build_identity_multi
 from tests.slow_model import build_slow
 
@@ -75,7 +76,7 @@ async def test_model_metadata_reports_tensors_and_providers(http):
     assert meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
     assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
-    assert meta["parameters"]["execution_providers"] == ["CPUExecutionProvider"]
+    assert meta["parameters"]["execution_providers"] == [spec.name for spec in default_providers()]
 
 
 @pytest.mark.parametrize(
