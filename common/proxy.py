@@ -96,11 +96,13 @@ class ProxyClient:
         timeouts: Timeouts = Timeouts(),
         started: float | None = None,
         timings: Mapping[str, float] | None = None,
+        reply_headers: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
         """Proxy ``request`` to ``upstream`` (``http://host:port``), keeping its path and query.
 
         ``headers`` are the headers to send (default: :func:`upstream_headers` of the request); ``started`` is
-        when this hop received the request (``time.perf_counter()``), for Server-Timing and the total timeout.
+        when this hop received the request (``time.perf_counter()``), for Server-Timing and the total timeout;
+        ``reply_headers`` are set on the response, replacing any the upstream sent under the same names.
         """
         started = time.perf_counter() if started is None else started
         loop = self._loop or asyncio.get_running_loop()
@@ -115,7 +117,8 @@ class ProxyClient:
                     request.method, request.rel_url.raw_path_qs, outgoing, body, length
                 )
                 deadline.response_started()
-                out = response_headers(answer.headers, _server_timing(answer.headers, self.hop, started, timings))
+                timing = _server_timing(answer.headers, self.hop, started, timings)
+                out = response_headers(answer.headers, timing, reply_headers)
                 size = answer.content_length
                 if answer.complete or (size is not None and size <= self.buffer_limit and not _is_stream(answer)):
                     data = await answer.read()
@@ -259,16 +262,21 @@ def _node(address: str) -> str:
 
 
 def response_headers(
-    headers: Iterable[tuple[str, str]], server_timing: str | None = None
+    headers: Iterable[tuple[str, str]], server_timing: str | None = None, extra: Mapping[str, str] | None = None
 ) -> list[tuple[str, str]]:
     """An upstream's response headers as the client should get them: hop-by-hop gone, the length left for aiohttp
-    to set again, and ``Server-Timing`` replaced by ``server_timing`` when given."""
+    to set again, ``Server-Timing`` replaced by ``server_timing`` when given, and ``extra`` replacing any header
+    of the same name."""
     pairs = list(headers)
     connection = next((value for key, value in pairs if key.lower() == "connection"), None)
     skip = _SKIP_BACK if connection is None else _SKIP_BACK | _tokens(connection)
+    if extra:
+        skip = skip | {key.lower() for key in extra}
     out = [(key, value) for key, value in pairs if key.lower() not in skip]
     if server_timing is not None:
         out.append(("Server-Timing", server_timing))
+    if extra:
+        out.extend(extra.items())
     return out
 
 
