@@ -1,26 +1,37 @@
-"""The gRPC (h2c) pass-through of the proxy core: any method, any kind, raw bytes, one upstream.
+"""The gRPC (h2c) pass-through of the proxy core: any method, any kind, raw bytes, to a fixed or a per-call upstream.
 
-Owns a grpc.aio server on its own port whose one generic handler accepts every method path, and one long-lived
-channel to the upstream ``host:port`` (made in :meth:`GrpcProxy.start`, closed in :meth:`GrpcProxy.stop`).
-Messages are never decoded: no serializers on either side, so bytes go through as they came. Every call is
-handled as stream-stream on both sides; on the wire a unary call is the same HTTP/2 exchange (headers, framed
-messages, trailers) as a streaming one, so one handler carries all four kinds.
+Owns a grpc.aio server on its own port whose one generic handler accepts every method path (after any
+``handlers`` the caller puts first), and the channels to upstreams (``host:port``), one per upstream. Messages are
+never decoded: no serializers on either side, so bytes go through as they came. Every call is handled as
+stream-stream on both sides; on the wire a unary call is the same HTTP/2 exchange (headers, framed messages,
+trailers) as a streaming one, so one handler carries all four kinds.
+
+Two ways to build one:
+
+- :func:`build_grpc_proxy` (the queue-proxy): one fixed upstream, its channel opened in :meth:`GrpcProxy.start`;
+  ``admit(metadata)`` gates each call.
+- :func:`build_routing_grpc_proxy` (the gateway): ``route(call)`` gates each call *and* chooses where it goes by
+  setting ``call.upstream`` (and optionally ``call.timeout``, ``call.extra_metadata``, ``call.reply_metadata``).
+  It may read the first request message with ``await call.first_message()`` (model-name routing); that message
+  is still sent upstream first. A channel is opened on an upstream's first call; :meth:`GrpcProxy.retain` names
+  the upstreams still in use, and a channel to any other closes once its last call has ended.
 
 One call, top to bottom::
 
-    admit(metadata)            the caller's gate (breaker, stats, metrics); wraps everything below
-    upstream call              deadline: what is left of ``timeout`` and of the client's own deadline
+    admit / route(call)        the caller's gate (breaker, routing, stats, metrics); wraps everything below
+    upstream call              deadline: what is left of the timeout and of the client's own deadline
     relay                      initial metadata, each message, trailing metadata, status code and details
 
 Metadata goes upstream minus what gRPC writes itself and the names the caller asks to ``drop`` (the queue-proxy
-drops Knative's routing headers, ``k-original-host`` among them: grpc python cannot set ``:authority`` per call;
-a gateway, which adds those headers, drops nothing).
+drops Knative's routing headers, ``k-original-host`` among them), plus ``call.extra_metadata``. grpc python can
+neither set ``:authority`` per call on a channel nor read it on a server: neither the servicer context nor the
+handler call details carry it (grpc/grpc#38906, open), so a router cannot see it.
 
 Errors become a gRPC status in one place, :func:`_failure`::
 
-    ServelaneError from admit       its grpc_code and message (QueueFull: UNAVAILABLE "pending request queue full")
+    ServelaneError from admit/route its grpc_code and message (QueueFull: UNAVAILABLE "pending request queue full")
     upstream unreachable            UpstreamError: UNAVAILABLE "upstream unreachable: ..."
-    ``timeout`` spent (queue+call)  UpstreamTimeout: DEADLINE_EXCEEDED, the upstream call cancelled
+    the timeout spent (queue+call)  UpstreamTimeout: DEADLINE_EXCEEDED, the upstream call cancelled
     a status the upstream sent      relayed as it came, with its trailing metadata (not an error here)
     anything else                   logged with its traceback; INTERNAL "Internal server error"
 
@@ -33,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 
@@ -47,22 +58,8 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 
 # Entries gRPC writes itself (in either direction): a copy would clash with them or be ignored.
 _TRANSPORT = frozenset(
-    {
-        "user-agent",
-        "content-type",
-        "te",
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "grpc-timeout",
-        "grpc-encoding",
-        "grpc-accept-encoding",
-        "grpc-status",
-        "grpc-message",
-    }
+    "user-agent content-type te host connection keep-alive proxy-connection transfer-encoding upgrade grpc-timeout"
+    " grpc-encoding grpc-accept-encoding grpc-status grpc-message".split()
 )
 # What grpc core says when it made up the status itself, on this side of the upstream connection.
 _CONNECT_FAILED = "failed to connect to all addresses"
@@ -77,7 +74,42 @@ class CallOutcome:
     code: grpc.StatusCode = grpc.StatusCode.OK
 
 
+@dataclass(slots=True, eq=False)
+class Call:
+    """One incoming call as a router sees it, and what the router decides for it.
+
+    Read: ``method`` (``/package.Service/Method``), ``metadata`` (text metadata as headers: repeated keys joined
+    with ", ", ``-bin`` left out), ``await first_message()``. Set: ``upstream`` (``host:port``), ``timeout`` (total
+    seconds from arrival, None: the proxy's), ``extra_metadata`` (sent upstream besides the client's),
+    ``reply_metadata`` (sent back: with the initial metadata, or as trailers of an error answered here).
+    """
+
+    method: str
+    metadata: dict[str, str]
+    _requests: AsyncIterator[bytes]
+    upstream: str | None = None
+    timeout: float | None = None
+    extra_metadata: Metadata = ()
+    reply_metadata: Metadata = ()
+    _first: bytes | None = None
+    _peeked: bool = False
+
+    def __repr__(self) -> str:
+        return f"<Call {self.method} upstream={self.upstream}>"
+
+    async def first_message(self) -> bytes | None:
+        """The first request message (None if the client sent none); it still goes upstream first."""
+        if not self._peeked:
+            self._peeked = True
+            self._first = await anext(aiter(self._requests), None)
+        return self._first
+
+    def requests(self) -> AsyncIterator[bytes]:
+        return _prepend(self._first, self._requests) if self._peeked else self._requests
+
+
 Admit = Callable[[dict[str, str]], AbstractAsyncContextManager[CallOutcome]]
+Route = Callable[[Call], AbstractAsyncContextManager[CallOutcome]]
 
 
 def build_grpc_proxy(
@@ -85,121 +117,220 @@ def build_grpc_proxy(
 ) -> GrpcProxy:
     """A proxy to ``upstream`` (``host:port``) gated by ``admit``; ``timeout`` is total seconds, None for none;
     ``drop``: lower-case metadata names never sent upstream."""
+    _check(timeout, max_message_bytes)
+    return GrpcProxy(lambda call: admit(call.metadata), timeout, max_message_bytes, drop, upstream=upstream)
+
+
+def build_routing_grpc_proxy(
+    *,
+    route: Route,
+    max_message_bytes: int,
+    timeout: float | None = None,
+    drop: frozenset[str] = frozenset(),
+    handlers: Sequence[grpc.GenericRpcHandler] = (),
+) -> GrpcProxy:
+    """A proxy whose ``route(call)`` picks each call's upstream; ``handlers`` are asked first for every method
+    (one that returns None for a call leaves it to the proxy)."""
+    _check(timeout, max_message_bytes)
+    return GrpcProxy(route, timeout, max_message_bytes, drop, handlers=handlers)
+
+
+def _check(timeout: float | None, max_message_bytes: int) -> None:
     if timeout is not None and timeout <= 0:
         raise ValueError("timeout must be > 0 seconds (or None for no limit)")
     if max_message_bytes <= 0:
         raise ValueError("max_message_bytes must be > 0")
-    return GrpcProxy(upstream, admit, timeout, max_message_bytes, drop)
 
 
 class GrpcProxy:
     def __init__(
-        self, upstream: str, admit: Admit, timeout: float | None, max_message_bytes: int, drop: frozenset[str]
+        self,
+        route: Route,
+        timeout: float | None,
+        max_message_bytes: int,
+        drop: frozenset[str],
+        *,
+        upstream: str | None = None,
+        handlers: Sequence[grpc.GenericRpcHandler] = (),
     ) -> None:
         self.upstream = upstream
         self._drop = drop
-        self._admit = admit
+        self._route = route
         self._timeout = timeout
+        self._handlers = tuple(handlers)
         self._options = (
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         )
         self._server: grpc.aio.Server | None = None
-        self._channel: grpc.aio.Channel | None = None
+        self._channels = _Channels(self._options)
 
     def __repr__(self) -> str:
         state = "serving" if self._server is not None else "stopped"
-        return f"<GrpcProxy upstream={self.upstream} timeout={self._timeout} {state}>"
+        return f"<GrpcProxy upstream={self.upstream or 'routed'} timeout={self._timeout} {state}>"
+
+    @property
+    def channels(self) -> list[str]:
+        """The upstreams with an open channel."""
+        return self._channels.open()
 
     async def start(self, host: str, port: int) -> int:
-        """Open the upstream channel and listen on host:port without TLS (0 picks a free port); the port bound."""
-        self._channel = grpc.aio.insecure_channel(self.upstream, options=self._options)
+        """Open the fixed upstream's channel, if any, and listen on host:port without TLS (0 picks a free port);
+        the port bound."""
+        if self.upstream is not None:
+            self._channels.pin(self.upstream)
         # gRPC sets SO_REUSEPORT by default, which lets a second server bind a port in use without an error.
         server = grpc.aio.server(options=(*self._options, ("grpc.so_reuseport", 0)))
-        server.add_generic_rpc_handlers((_AnyMethod(self._call),))
+        server.add_generic_rpc_handlers((*self._handlers, _AnyMethod(self._call)))
         try:
             bound = server.add_insecure_port(_address(host, port))
             await server.start()
         except BaseException:
-            await self._channel.close()
-            self._channel = None
+            await self._channels.close()
             raise
         self._server = server
         return bound
 
+    def retain(self, upstreams: Iterable[str]) -> None:
+        """Keep channels to these upstreams; any other closes when its last call ends (at once if idle)."""
+        self._channels.retain(upstreams)
+
     async def stop(self, grace: float | None) -> None:
-        """Refuse new calls, let those in flight finish within ``grace`` seconds, then close the channel."""
-        server, channel = self._server, self._channel
-        self._server = self._channel = None
+        """Refuse new calls, let those in flight finish within ``grace`` seconds, then close the channels."""
+        server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)
-        if channel is not None:
-            await channel.close()
+        await self._channels.close()
 
     async def _call(self, method: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        received: Metadata = tuple(context.invocation_metadata() or ())
+        call = Call(method, _text(received), requests)
         try:
-            await self._admit_and_relay(method, requests, context)
+            await self._admit_and_relay(call, context, received)
         except Exception as exc:
             if not isinstance(exc, ServelaneError):
                 log.error("unhandled error in the gRPC proxy", exc_info=exc)
+            if call.reply_metadata:
+                context.set_trailing_metadata(call.reply_metadata)
             await context.abort(*_failure(exc))
 
-    async def _admit_and_relay(
-        self, method: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> None:
-        received: Metadata = tuple(context.invocation_metadata() or ())
-        deadline = None if self._timeout is None else asyncio.get_running_loop().time() + self._timeout
+    async def _admit_and_relay(self, call: Call, context: grpc.aio.ServicerContext, received: Metadata) -> None:
+        arrived = asyncio.get_running_loop().time()
+        deadline = None if self._timeout is None else arrived + self._timeout
         async with AsyncExitStack() as stack:
-            outcome = await self._admitted(stack, received, deadline)
+            outcome = await self._admitted(stack, call, deadline)
+            if call.timeout is not None:
+                deadline = min(arrived + call.timeout, deadline or float("inf"))
             try:
-                outcome.code = await self._relay(method, requests, context, received, deadline)
+                outcome.code = await self._relay(call, context, received, deadline)
             except BaseException as exc:
                 outcome.code = _failure(exc)[0]
                 raise
 
-    async def _admitted(self, stack: AsyncExitStack, received: Metadata, deadline: float | None) -> CallOutcome:
-        """Enter ``admit`` on ``stack``; waiting for admission counts against ``timeout``."""
+    async def _admitted(self, stack: AsyncExitStack, call: Call, deadline: float | None) -> CallOutcome:
+        """Enter ``admit``/``route`` on ``stack``; waiting for admission counts against ``timeout``."""
         try:
             async with asyncio.timeout_at(deadline):
-                return await stack.enter_async_context(self._admit(_text(received)))
+                return await stack.enter_async_context(self._route(call))
         except TimeoutError:
-            raise self._timed_out() from None
+            raise UpstreamTimeout(_timed_out(self._timeout)) from None
 
     async def _relay(
-        self,
-        method: str,
-        requests: AsyncIterator[bytes],
-        context: grpc.aio.ServicerContext,
-        received: Metadata,
-        deadline: float | None,
+        self, call: Call, context: grpc.aio.ServicerContext, received: Metadata, deadline: float | None
     ) -> grpc.StatusCode:
         """Forward one call upstream and relay everything that comes back; the final status code."""
-        assert self._channel is not None, "GrpcProxy.start() opens the channel before any call arrives"
+        upstream = call.upstream or self.upstream
+        if upstream is None:
+            raise RuntimeError(f"the router chose no upstream for {call.method}")
         timeout = _time_left(deadline, context.time_remaining())
-        call = self._channel.stream_stream(method)(requests, metadata=_upstream(received, self._drop), timeout=timeout)
+        metadata = _upstream(received, self._drop) + call.extra_metadata
+        channel = self._channels.acquire(upstream)
         try:
-            await _pipe(call, context)
-        except grpc.aio.AioRpcError as err:
-            return self._relay_status(err, context)
+            upstream_call = channel.stream_stream(call.method)(call.requests(), metadata=metadata, timeout=timeout)
+            try:
+                await _pipe(upstream_call, context, call.reply_metadata)
+            except grpc.aio.AioRpcError as err:
+                return self._relay_status(err, context, call)
+            finally:
+                upstream_call.cancel()  # a no-op once the call is done; otherwise (cancelled, failed) it must stop
         finally:
-            call.cancel()  # a no-op once the call is done; otherwise (cancelled, failed) the upstream must stop too
+            self._channels.release(upstream)
         return grpc.StatusCode.OK
 
-    def _relay_status(self, err: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    def _relay_status(
+        self, err: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext, call: Call
+    ) -> grpc.StatusCode:
         """Relay a non-OK status the upstream sent; raise the translation of one grpc made up on this side."""
         code, details = err.code(), err.details() or ""
         if code is grpc.StatusCode.UNAVAILABLE and details.startswith(_CONNECT_FAILED):
             reason = "connection refused" if "Connection refused" in details else "cannot connect"
             raise UpstreamError(f"upstream unreachable: {reason}")
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED and details == _LOCAL_DEADLINE and self._timeout is not None:
-            raise self._timed_out()
-        context.set_trailing_metadata(_response(err.trailing_metadata() or ()))
+        limit = call.timeout if call.timeout is not None else self._timeout
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and details == _LOCAL_DEADLINE and limit is not None:
+            raise UpstreamTimeout(_timed_out(limit))
+        context.set_trailing_metadata(_merge(_response(err.trailing_metadata() or ()), call.reply_metadata))
         context.set_code(code)
         context.set_details(details)
         return code
 
-    def _timed_out(self) -> UpstreamTimeout:
-        return UpstreamTimeout(f"request timed out after {self._timeout:g}s")
+
+class _Channels:
+    """One channel per upstream, counted by the calls using it; a retired channel closes when its count is 0."""
+
+    def __init__(self, options: tuple[tuple[str, int], ...]) -> None:
+        self._options = options
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._users: dict[str, int] = {}
+        self._pinned: set[str] = set()
+        self._live: frozenset[str] | None = None  # None: every upstream is live (nothing retired yet)
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def open(self) -> list[str]:
+        return sorted(self._channels)
+
+    def pin(self, upstream: str) -> None:
+        self._pinned.add(upstream)
+        self._get(upstream)
+
+    def acquire(self, upstream: str) -> grpc.aio.Channel:
+        self._users[upstream] = self._users.get(upstream, 0) + 1
+        return self._get(upstream)
+
+    def release(self, upstream: str) -> None:
+        users = self._users[upstream] - 1
+        if users:
+            self._users[upstream] = users
+            return
+        del self._users[upstream]
+        if not self._is_live(upstream):
+            self._close(upstream)
+
+    def retain(self, upstreams: Iterable[str]) -> None:
+        self._live = frozenset(upstreams)
+        for upstream in [u for u in self._channels if u not in self._users and not self._is_live(u)]:
+            self._close(upstream)
+
+    async def close(self) -> None:
+        for upstream in list(self._channels):
+            self._close(upstream)
+        if self._closing:
+            await asyncio.gather(*self._closing)
+
+    def _is_live(self, upstream: str) -> bool:
+        return self._live is None or upstream in self._live or upstream in self._pinned
+
+    def _get(self, upstream: str) -> grpc.aio.Channel:
+        channel = self._channels.get(upstream)
+        if channel is None:
+            channel = self._channels[upstream] = grpc.aio.insecure_channel(upstream, options=self._options)
+        return channel
+
+    def _close(self, upstream: str) -> None:
+        channel = self._channels.pop(upstream, None)
+        if channel is not None:
+            task = asyncio.get_running_loop().create_task(channel.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
 
 class _AnyMethod(grpc.GenericRpcHandler):
@@ -212,9 +343,17 @@ class _AnyMethod(grpc.GenericRpcHandler):
         return grpc.stream_stream_rpc_method_handler(functools.partial(self._call, handler_call_details.method))
 
 
-async def _pipe(call: grpc.aio.StreamStreamCall, context: grpc.aio.ServicerContext) -> None:
+async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is None:
+        return
+    yield first
+    async for message in rest:
+        yield message
+
+
+async def _pipe(call: grpc.aio.StreamStreamCall, context: grpc.aio.ServicerContext, reply: Metadata) -> None:
     """Relay initial metadata, then each message, then trailing metadata; an upstream error raises AioRpcError."""
-    initial = _response(await call.initial_metadata() or ())
+    initial = _merge(_response(await call.initial_metadata() or ()), reply)
     if initial:  # otherwise gRPC sends none, or a trailers-only answer, just as the upstream did
         await context.send_initial_metadata(initial)
     async for message in call:
@@ -229,6 +368,10 @@ def _failure(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED, "cancelled"
     return grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
+
+
+def _timed_out(limit: float | None) -> str:
+    return f"request timed out after {limit:g}s"
 
 
 def _time_left(deadline: float | None, client_left: float | None) -> float | None:
@@ -249,6 +392,14 @@ def _upstream(received: Iterable[tuple[str, str | bytes]], drop: frozenset[str])
 
 def _response(metadata: Iterable[tuple[str, str | bytes]]) -> Metadata:
     return tuple((key, value) for key, value in metadata if not _transport(key))
+
+
+def _merge(metadata: Metadata, reply: Metadata) -> Metadata:
+    """``metadata`` with ``reply``'s entries added, replacing any of the same name."""
+    if not reply:
+        return metadata
+    names = {key for key, _ in reply}
+    return tuple((key, value) for key, value in metadata if key not in names) + reply
 
 
 def _text(received: Metadata) -> dict[str, str]:
