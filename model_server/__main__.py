@@ -41,6 +41,8 @@ def parse_args(argv: list[str]) -> ModelServerConfig:
                    help="host:port of the predictor a transformer or explainer calls")
     p.add_argument("--predictor-protocol", choices=PREDICTOR_PROTOCOLS,
                    default=env("SERVELANE_PREDICTOR_PROTOCOL", DEFAULTS["predictor_protocol"]))
+    p.add_argument("--predictor-authority", default=env("SERVELANE_PREDICTOR_AUTHORITY"),
+                   help="Host / :authority of predictor calls (for a predictor behind a gateway that routes by host)")
     p.add_argument("--predictor-timeout", type=float, default=DEFAULTS["predictor_timeout"],
                    help="seconds a predictor call may take (504 beyond)")
     p.add_argument("--predictor-health-check", action="store_true",

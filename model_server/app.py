@@ -96,6 +96,7 @@ def _predictor(config: ModelServerConfig) -> PredictorClient | None:
     if config.predictor_host is None:
         return None
     return build_predictor(config.predictor_host, config.predictor_protocol, config.predictor_timeout,
+                           authority=config.predictor_authority,
                            max_message_bytes=config.grpc_max_message_bytes)
 
 

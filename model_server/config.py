@@ -34,6 +34,9 @@ class ModelServerConfig:
     predictor_host: str | None = None  # host:port
     predictor_protocol: str = "v1"  # v1 | v2 (REST, binary tensor extension) | grpc-v2; KServe's default is v1
     predictor_timeout: float = 60.0  # seconds per predictor call
+    # The Host (REST) or :authority (gRPC) predictor calls carry, for a predictor reached through a gateway that
+    # routes by host (servelane up points a transformer at the gateway with "<isvc>-predictor.<ns>.<domain>").
+    predictor_authority: str | None = None
     predictor_health_check: bool = False  # readiness also asks the predictor whether the model is ready
     explainer: bool = False  # serve the occlusion explainer (unless --model-class names another class)
 
@@ -53,6 +56,8 @@ class ModelServerConfig:
             raise ValueError(f"--predictor-protocol must be one of {', '.join(PREDICTOR_PROTOCOLS)}")
         if self.predictor_timeout <= 0:
             raise ValueError("--predictor-timeout must be positive")
+        if self.predictor_host is None and self.predictor_authority is not None:
+            raise ValueError("--predictor-authority needs --predictor-host")
         if self.predictor_host is None and (self.predictor_health_check or self.explainer):
             raise ValueError("--predictor-health-check and --explainer need --predictor-host")
         for name in ("max_request_bytes", "grpc_max_message_bytes"):

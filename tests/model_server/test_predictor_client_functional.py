@@ -40,8 +40,8 @@ async def predictor_server(start_model_server, tmp_path: Path):
 async def connect() -> AsyncIterator:
     clients: list[PredictorClient] = []
 
-    async def make(host: str, protocol: str, timeout: float = 10.0) -> PredictorClient:
-        client = build_predictor(host, protocol, timeout)
+    async def make(host: str, protocol: str, timeout: float = 10.0, authority: str | None = None) -> PredictorClient:
+        client = build_predictor(host, protocol, timeout, authority=authority)
         await client.start()
         clients.append(client)
         return client
@@ -127,7 +127,8 @@ async def test_v1_forwards_json_and_refuses_v2_payloads(predictor_server, connec
 # -- a scripted predictor ------------------------------------------------------------------------------------------
 @pytest.fixture
 async def scripted() -> AsyncIterator[tuple[str, asyncio.Event]]:
-    """A predictor whose model name says what it does: error, detail, text, garbage, or slow (until the gate)."""
+    """A predictor whose model name says what it does: error, detail, text, host (the Host it saw, as an error),
+    garbage, or slow (until the gate)."""
     gate = asyncio.Event()
 
     async def infer(request: web.Request) -> web.Response:
@@ -138,6 +139,8 @@ async def scripted() -> AsyncIterator[tuple[str, asyncio.Event]]:
             return web.json_response({"error": "teapot says no"}, status=418)
         if name == "detail":
             return web.json_response({"detail": "kserve style"}, status=400)
+        if name == "host":
+            return web.json_response({"error": request.headers.get("Host")}, status=400)
         if name == "text":
             return web.Response(text="overloaded", status=503)
         return web.Response(body=b"{not json", headers={codec_rest.IHCL: "9"})
@@ -168,6 +171,16 @@ async def test_odd_predictor_errors_map_to_a_status_each(scripted, connect):
         assert (raised.value.http_status, raised.value.grpc_code, raised.value.message) == (status, code, message)
     with pytest.raises(UpstreamError, match="unreadable response"):
         await client.infer(tiny("garbage"), {})
+
+
+async def test_authority_is_the_host_predictor_calls_carry(scripted, connect):
+    """Behind a gateway that routes by host, the transformer names the predictor's host, not the gateway's."""
+    host, _ = scripted
+    for authority, expected in ((None, host), ("sklearn-iris-predictor.default.example.com",) * 2):
+        client = await connect(host, "v2", authority=authority)
+        with pytest.raises(PredictorError) as raised:
+            await client.infer(tiny("host"), {})
+        assert raised.value.message == expected
 
 
 async def test_no_answer_within_the_timeout_is_504_and_no_connection_502(scripted, connect):
