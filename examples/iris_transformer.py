@@ -55,18 +55,24 @@ class IrisTransformer(Model):
 
 
 def features(payload: Any) -> list[list[float]]:
-    """``{"instances": [{"sepal_length": ..., ...}, ...]}`` as rows in the model's feature order."""
+    """``{"instances": [...]}`` as rows in the model's feature order. An instance is an object of named features
+    (``{"sepal_length": 6.8, ...}``) or, as in KServe's own sklearn-iris example, a list of the four in order."""
     instances = payload.get("instances") if isinstance(payload, dict) else None
     if not isinstance(instances, list) or not instances:
         raise InvalidInput('Expected "instances": a non-empty list of {"sepal_length": ..., ...} objects')
     rows = []
     for i, instance in enumerate(instances):
-        if not isinstance(instance, dict):
-            raise InvalidInput(f"instance {i} is not an object of named features")
-        missing = [name for name in FEATURES if name not in instance]
-        if missing:
-            raise InvalidInput(f"instance {i} lacks {', '.join(missing)}")
-        values = [instance[name] for name in FEATURES]
+        if isinstance(instance, list):
+            if len(instance) != len(FEATURES):
+                raise InvalidInput(f"instance {i} has {len(instance)} values; expected {len(FEATURES)}: {FEATURES}")
+            values = instance
+        elif isinstance(instance, dict):
+            missing = [name for name in FEATURES if name not in instance]
+            if missing:
+                raise InvalidInput(f"instance {i} lacks {', '.join(missing)}")
+            values = [instance[name] for name in FEATURES]
+        else:
+            raise InvalidInput(f"instance {i} is neither an object of named features nor a list of {len(FEATURES)}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise InvalidInput(f"instance {i}: every feature must be a number")
         rows.append([float(v) for v in values])

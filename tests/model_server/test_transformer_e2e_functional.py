@@ -79,6 +79,13 @@ async def test_named_features_in_species_out(transformer: Served):
         async with http.post(url, json={"instances": [{"sepal_length": 1.0}]}) as response:
             assert response.status == 400  # the transformer's own validation
             assert await response.json() == {"error": "instance 0 lacks sepal_width, petal_length, petal_width"}
+        kserve_example = {"instances": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}  # KServe's own, unchanged
+        async with http.post(url, json=kserve_example) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"predictions": ["versicolor", "versicolor"]}
+        async with http.post(url, json={"instances": [[6.8, 2.8]]}) as response:
+            assert response.status == 400
+            assert "instance 0 has 2 values; expected 4" in (await response.json())["error"]
 
 
 async def test_v2_and_grpc_clients_get_species_beside_the_predictor_outputs(v2_transformer: Served):
