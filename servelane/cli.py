@@ -6,6 +6,7 @@ import importlib
 import sys
 
 COMPONENTS = {
+    "gateway": "gateway.__main__",
     "model-server": "model_server.__main__",
     "queue-proxy": "queue_proxy.__main__",
 }

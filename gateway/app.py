@@ -1,0 +1,227 @@
+"""Composes the gateway: routing state in, HTTP and gRPC ingress on the proxy core, admin and metrics ports.
+
+The HTTP port, for every request, in this order:
+  1. ``x-request-id``: the client's, or a new one; it goes upstream and comes back on every response, errors too;
+  2. the routing table in force when the request arrived matches its Host, or its path when the Host is the
+     gateway's own (:mod:`gateway.routing`; 404 for no match), and picks a revision by tag or split;
+  3. the balancer leases the revision's least busy ready replica (:mod:`gateway.balancer`; 503 for none);
+  4. the request streams to that replica's queue-proxy (:class:`common.proxy.ProxyClient`, hop ``gateway``) with
+     the client's own Host, ``Knative-Serving-Revision``/``-Namespace`` added (clients' copies dropped), trace
+     headers as they came, and the revision's timeout as the total timeout (504); Server-Timing gets ``gateway``;
+  5. the lease is released and the outcome recorded in the metrics.
+Errors become responses here and only here (``{"error": ...}``, :func:`common.http.error_response`).
+On an own-name Host, ``/v2/health/live``, ``/v2/health/ready`` and ``/v2`` are answered by the gateway itself.
+
+The gRPC port does 1-5 per call through :mod:`common.grpc_proxy` and :mod:`gateway.grpc_routes`. The admin port
+serves ``/healthz``, ``/readyz`` (200 once a routing state is in force) and ``GET /routing`` (that state, JSON).
+
+A new routing state (:meth:`Gateway.apply`) builds a new table and swaps it in with one assignment: requests
+already routed keep their revision and their lease; gRPC channels to endpoints that left close when idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from common.errors import ServelaneError, Unavailable
+from common.http import error_response, json_response
+from common.lifecycle import bound_port, start_http
+from common.proxy import ProxyClient, Timeouts, upstream_headers
+from gateway.balancer import LeastOutstanding
+from gateway.config import SERVER_NAME, SERVER_VERSION, GatewayConfig
+from gateway.metrics import GatewayMetrics
+from gateway.routing import Identity, RoutingTable, split_host
+from gateway.sources import ControllerSource, FileSource
+from gateway.state import RoutingState
+
+if TYPE_CHECKING:
+    from common.grpc_proxy import GrpcProxy
+
+log = logging.getLogger(__name__)
+
+# Never taken from a client: the gateway sets the first two itself; the queue-proxy would make the third the Host.
+_DROPPED = frozenset({"knative-serving-revision", "knative-serving-namespace", "k-original-host"})
+_LOCAL_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/v2"})
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rng = rng or random.Random()
+        self.state: RoutingState | None = None
+        self.table: RoutingTable | None = None
+        self.identity = Identity.of(config.host, (), config.names)
+        self.backends = LeastOutstanding(self.rng)
+        self.metrics = GatewayMetrics(self.backends.in_flight, lambda: -1 if self.state is None else self.state.version)
+        self.client = ProxyClient("gateway")
+        self.grpc: GrpcProxy | None = None
+        self.source: FileSource | ControllerSource | None = None
+        self.ports: dict[str, int] = {}
+        self._runners: dict[str, web.AppRunner] = {}
+
+    def __repr__(self) -> str:
+        return f"<Gateway ports={self.ports} {self.table!r}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Read the routes file (a bad one raises InvalidInput), listen on every port (OSError if one is taken),
+        then put the routes in force and follow them, or start long-polling the controller."""
+        c = self.config
+        if c.routes is not None:
+            self.source = FileSource(c.routes, self.apply, interval=c.poll_interval)
+            initial: RoutingState | None = self.source.load()
+        else:
+            assert c.controller is not None
+            self.source = ControllerSource(c.controller, self.apply, wait=c.controller_wait, max_backoff=c.max_backoff)
+            initial = None
+        try:
+            await self._listen()
+        except BaseException:
+            await self.stop()
+            raise
+        self.identity = Identity.of(c.host, (self.ports["http"], self.ports["grpc"]), c.names)
+        if initial is not None:
+            self.apply(initial)
+        self.source.start()
+        log.info("gateway listening on %s", self.ports)
+
+    async def _listen(self) -> None:
+        c = self.config
+        await self.client.start()
+        apps = {"http": (self.main_app(), c.port), "admin": (self.admin_app(), c.admin_port),
+                "metrics": (self.metrics.app(), c.metrics_port)}  # fmt: skip
+        for name, (app, port) in apps.items():
+            runner = await start_http(
+                app, c.host, port, shutdown_timeout=c.grace_period, handler_cancellation=(name == "http"),
+                auto_decompress=False,
+            )  # fmt: skip
+            self._runners[name] = runner
+            self.ports[name] = bound_port(runner)
+        self.ports["grpc"] = await self._start_grpc()
+
+    async def _start_grpc(self) -> int:
+        from common.grpc_proxy import build_routing_grpc_proxy  # grpc costs ~9 MB of RSS: imported when used
+        from gateway.grpc_routes import DROPPED, GrpcRouter, ServerMethods
+
+        router = GrpcRouter(lambda: self.table, self.backends, self.metrics)
+        self.grpc = build_routing_grpc_proxy(
+            route=router, max_message_bytes=self.config.max_message_bytes, drop=DROPPED,
+            handlers=(ServerMethods(lambda: self.table is not None),),
+        )  # fmt: skip
+        return await self.grpc.start(self.config.host, self.config.grpc_port)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` (SIGTERM/SIGINT), then shut down in order."""
+        await stop.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop taking routes, close the listeners at once, let requests in flight finish, close the rest."""
+        if self.source is not None:
+            await self.source.stop()
+        stopping = [runner.cleanup() for name, runner in self._runners.items() if name == "http"]
+        if self.grpc is not None:
+            stopping.append(self.grpc.stop(self.config.grace_period))
+        await asyncio.gather(*stopping)
+        for name, runner in self._runners.items():
+            if name != "http":
+                await runner.cleanup()
+        self._runners.clear()
+        await self.client.close()
+        log.info("gateway stopped")
+
+    def apply(self, state: RoutingState) -> None:
+        """Put a new routing state in force: one assignment of a new table; in-flight requests are untouched."""
+        table = RoutingTable(state, self.identity, domain=self.config.domain, rng=self.rng)
+        for conflict in table.conflicts:
+            log.warning("routing state version %d: %s", state.version, conflict)
+        self.backends.retain(state.revisions)
+        self.metrics.retain(state.revisions)
+        if self.grpc is not None:
+            self.grpc.retain(e.grpc for r in state.revisions.values() for e in r.endpoints if e.grpc)
+        self.state, self.table = state, table
+
+    # -- the HTTP port -----------------------------------------------------------------------------------------
+    def main_app(self) -> web.Application:
+        app = web.Application(client_max_size=0)  # bodies stream through; the model server enforces its limit
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = request.headers.get("X-Request-Id") or ""
+        reply = {"X-Request-Id": request_id or str(uuid.uuid4())}
+        revision, status = None, 500
+        try:
+            table = self.table
+            if table is None:
+                raise Unavailable("no routing state loaded yet")
+            host = request.headers.get("Host")
+            if request.path in _LOCAL_PATHS and table.is_own(*split_host(host)):
+                return self._answer_locally(request.path, reply)
+            target = table.route(host, request.path, request.headers.get("Knative-Serving-Tag"))
+            revision = target.name
+            with self.backends.acquire(target) as lease:
+                headers = upstream_headers(request, drop=_DROPPED)
+                headers += (("Knative-Serving-Revision", target.name), ("Knative-Serving-Namespace", target.namespace))
+                if not request_id:
+                    headers.append(("X-Request-Id", reply["X-Request-Id"]))
+                response = await self.client.forward(
+                    request, f"http://{lease.address}", headers=headers, timeouts=Timeouts(target.timeout),
+                    started=started, reply_headers=reply,
+                )  # fmt: skip
+            status = response.status
+            return response
+        except ServelaneError as exc:
+            status = exc.http_status
+            return _error(exc.http_status, exc.message, reply)
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's code for it); not a failure of ours
+            raise
+        except Exception:
+            log.exception("unhandled error routing %s %s", request.method, request.path)
+            return _error(500, "Internal server error", reply)
+        finally:
+            self.metrics.observe(revision, "http", status, time.perf_counter() - started)
+
+    def _answer_locally(self, path: str, reply: dict[str, str]) -> web.Response:
+        if path == "/v2":
+            response = json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+        else:
+            response = web.Response()  # live, and ready: a routing state is in force, or we would not be here
+        response.headers.update(reply)
+        return response
+
+    # -- admin -------------------------------------------------------------------------------------------------
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/routing", self._routing)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.state is None:
+            return error_response(503, "no routing state yet")
+        return web.Response(text=f"ready: routing state version {self.state.version}")
+
+    async def _routing(self, request: web.Request) -> web.Response:
+        if self.state is None:
+            return error_response(503, "no routing state yet")
+        return json_response(self.state.to_dict())
+
+
+def _error(status: int, message: str, reply: dict[str, str]) -> web.Response:
+    response = error_response(status, message)
+    response.headers.update(reply)
+    return response
