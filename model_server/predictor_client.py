@@ -32,6 +32,7 @@ from model_server.types import InferRequest, InferResponse, ModelMetadata
 PROTOCOLS = ("v1", "v2", "grpc-v2")
 FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate", "authorization")
 PROBE_TIMEOUT = 5.0  # seconds a readiness check of the predictor may take, at most
+ROUTE_HEADER = "x-servelane-host"  # gRPC: the host a servelane gateway routes by (gateway.grpc_routes.HOST_HEADER)
 
 class PredictorError(UpstreamStatus):
     """The predictor's own error, passed on with its status and message."""
@@ -210,6 +211,8 @@ class GrpcPredictor(PredictorClient):
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        # grpc.aio servers cannot read :authority, so servelane's gateway routes gRPC by this header instead
+        self._route: tuple[tuple[str, str], ...] = ((ROUTE_HEADER, authority),) if authority else ()
         if authority:
             self._options.append(("grpc.default_authority", authority))
         self._channel: grpc.aio.Channel | None = None
@@ -226,7 +229,7 @@ class GrpcPredictor(PredictorClient):
     async def infer(self, request: InferRequest, headers: Mapping[str, str]) -> InferResponse:
         assert self._stub is not None, "predictor client used before start()"
         message = codec_grpc.encode_request(request)
-        metadata = tuple(forwarded(headers).items())
+        metadata = (*forwarded(headers).items(), *self._route)
         try:
             reply = await self._stub.ModelInfer(message, timeout=self.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
@@ -246,7 +249,7 @@ class GrpcPredictor(PredictorClient):
         assert self._stub is not None, "predictor client used before start()"
         try:
             reply = await self._stub.ModelReady(
-                pb.ModelReadyRequest(name=model_name), timeout=min(self.timeout, PROBE_TIMEOUT)
+                pb.ModelReadyRequest(name=model_name), timeout=min(self.timeout, PROBE_TIMEOUT), metadata=self._route
             )
         except grpc.aio.AioRpcError:
             return False
@@ -255,7 +258,9 @@ class GrpcPredictor(PredictorClient):
     async def metadata(self, model_name: str) -> ModelMetadata | None:
         assert self._stub is not None, "predictor client used before start()"
         try:
-            reply = await self._stub.ModelMetadata(pb.ModelMetadataRequest(name=model_name), timeout=self.timeout)
+            reply = await self._stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=model_name), timeout=self.timeout, metadata=self._route
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from None
         return codec_grpc.decode_model_metadata(reply)

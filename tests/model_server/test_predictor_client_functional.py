@@ -219,3 +219,10 @@ def test_grpc_client_codec_is_the_inverse_of_the_server_codec():
     response = InferResponse("multi", [Tensor("a2", "FP32", (1, 3), request.inputs[0].data * 2)], id="m-1")
     back = codec_grpc.decode_response(codec_grpc.encode_response(response))
     np.testing.assert_array_equal(back.output("a2").data, request.inputs[0].data * 2)
+
+
+def test_the_grpc_route_header_is_the_one_the_gateway_reads():
+    from gateway.grpc_routes import HOST_HEADER
+    from model_server.predictor_client import ROUTE_HEADER
+
+    assert ROUTE_HEADER == HOST_HEADER
