@@ -235,3 +235,39 @@ async def test_metrics_by_revision_and_class_and_gone_revisions_removed(replicas
     text = await scrape()
     assert "other-predictor-00001" not in text
     assert "sklearn-iris-transformer-00001" in text and "gateway_requests_in_flight{" not in text
+
+
+async def test_through_a_queue_proxy_the_app_sees_the_clients_host_and_no_knative_headers(
+    start_gateway, client
+) -> None:
+    """gateway -> queue-proxy -> app: the queue-proxy strips the revision headers the gateway added and keeps the
+    Host the client sent (the gateway sends no K-Original-Host); each hop adds its Server-Timing entry."""
+    from aiohttp import web
+
+    from common.lifecycle import bound_port
+    from queue_proxy.app import QueueProxy
+    from queue_proxy.config import QueueProxyConfig
+    from tests.queue_proxy.upstream import Upstream
+
+    app = Upstream()
+    runner = web.AppRunner(app.app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    qp = QueueProxy(QueueProxyConfig(upstream=f"127.0.0.1:{bound_port(runner)}", port=0, grpc_port=0, admin_port=0,
+                                     stats_port=0, metrics_port=0, drain_quiet_period=0.1))  # fmt: skip
+    await qp.start()
+    try:
+        doc = iris_document({"other-predictor-00001": [endpoint(f"127.0.0.1:{qp.ports['http']}")]})
+        gateway = await start_gateway(doc)
+        async with client.get(url(gateway, "/headers"), headers={"Host": "other.prod.example.com"}) as response:
+            assert response.status == 200
+            headers = response.headers
+        seen = app.seen_headers[-1]
+        assert seen["Host"] == "other.prod.example.com"
+        assert not any(name.lower().startswith("knative-serving-") for name in seen)
+        assert seen["X-Request-Id"] == headers["X-Request-Id"]
+        assert [entry.split(";")[0] for entry in headers["Server-Timing"].split(", ")] == ["app", "queue-proxy",
+                                                                                            "gateway"]  # fmt: skip
+    finally:
+        await qp.stop()
+        await runner.cleanup()
