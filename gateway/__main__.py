@@ -35,7 +35,8 @@ def parse_args(argv: list[str], env: Mapping[str, str] = os.environ) -> GatewayC
     source.add_argument("--controller", default=d["controller"], help="controller base URL to long-poll")
     p.add_argument("--host", default=d["host"], help="address to listen on (0.0.0.0: every address)")
     for name in ("port", "grpc_port", "admin_port", "metrics_port"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=d[name], help="0: any free port")
+        extra = "; -1: no gRPC" if name == "grpc_port" else ""
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=d[name], help=f"0: any free port{extra}")
     p.add_argument("--domain", default=d["domain"], help="the external domain (default: the routing state's)")
     p.add_argument("--name", dest="names", action="append", default=list(d["names"]),
                    help="another host name of this gateway, routed by path like localhost (repeatable)")  # fmt: skip

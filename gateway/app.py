@@ -86,7 +86,7 @@ class Gateway:
         except BaseException:
             await self.stop()
             raise
-        self.identity = Identity.of(c.host, (self.ports["http"], self.ports["grpc"]), c.names)
+        self.identity = Identity.of(c.host, (self.ports["http"], self.ports.get("grpc", self.ports["http"])), c.names)
         if initial is not None:
             self.apply(initial)
         self.source.start()
@@ -104,7 +104,8 @@ class Gateway:
             )  # fmt: skip
             self._runners[name] = runner
             self.ports[name] = bound_port(runner)
-        self.ports["grpc"] = await self._start_grpc()
+        if c.grpc_port >= 0:
+            self.ports["grpc"] = await self._start_grpc()
 
     async def _start_grpc(self) -> int:
         from common.grpc_proxy import build_routing_grpc_proxy  # grpc costs ~9 MB of RSS: imported when used

@@ -15,7 +15,7 @@ class GatewayConfig:
     controller: str | None = None  # or the controller's base URL, long-polled at /v1/routing
     host: str = "127.0.0.1"
     port: int = 8080  # HTTP; 0 picks a free port (every port here)
-    grpc_port: int = 8081
+    grpc_port: int = 8081  # -1: no gRPC port
     admin_port: int = 8082  # /healthz, /readyz, /routing
     metrics_port: int = 9092  # Prometheus
     domain: str | None = None  # overrides the routing state's domain when set
@@ -33,7 +33,7 @@ class GatewayConfig:
         if self.controller is not None and not self.controller.startswith(("http://", "https://")):
             raise ValueError(f"--controller must be an http:// or https:// URL, got {self.controller!r}")
         for name in ("port", "grpc_port", "admin_port", "metrics_port"):
-            if not 0 <= getattr(self, name) <= 65535:
+            if not (0 <= getattr(self, name) <= 65535 or (name == "grpc_port" and self.grpc_port == -1)):
                 raise ValueError(f"{name} must be a port number (0: any free port)")
         for name in ("poll_interval", "controller_wait", "max_backoff"):
             if getattr(self, name) <= 0:

@@ -16,6 +16,7 @@ def test_flags() -> None:
     assert config.routes == Path("r.yaml") and config.controller is None
     assert (config.port, config.grpc_port, config.admin_port, config.metrics_port) == (0, 9001, 8082, 9092)
     assert config.domain == "serve.local" and config.names == ("gw.internal", "gw")
+    assert parse_args(["--routes", "r.yaml", "--grpc-port", "-1"]).grpc_port == -1  # no gRPC port
 
 
 def test_environment_and_flags_win() -> None:
@@ -33,6 +34,7 @@ def test_environment_and_flags_win() -> None:
         (["--routes", "a", "--controller", "http://x"], "not allowed with argument"),
         (["--controller", "x:9000"], "must be an http:// or https:// URL"),
         (["--routes", "a", "--port", "70000"], "port must be a port number"),
+        (["--routes", "a", "--port", "-1"], "port must be a port number"),
         (["--routes", "a", "--poll-interval", "0"], "poll_interval must be positive"),
     ],
 )

@@ -271,3 +271,10 @@ async def test_through_a_queue_proxy_the_app_sees_the_clients_host_and_no_knativ
     finally:
         await qp.stop()
         await runner.cleanup()
+
+
+async def test_without_a_grpc_port(replicas, start_gateway, client) -> None:
+    gateway = await start_gateway(document(replicas), grpc_port=-1)
+    assert "grpc" not in gateway.ports and gateway.grpc is None
+    status, body, _ = await call(client, gateway, "/v2/models/other-model/infer")
+    assert (status, body["backend"]) == (200, "other")
