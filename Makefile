@@ -1,4 +1,4 @@
-# servelane: `make run` serves the example model, `make test` runs the test suite, `make bench` the benchmarks.
+# servelane: `make run` runs the whole stack (servelane up examples/), `make test` runs the test suite, `make bench` the benchmarks.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,9 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	@echo "serving examples/models on http://$(HOST):$(PORT) (gRPC $(GRPC_PORT)); try:"
-	@echo "  curl -s http://$(HOST):$(PORT)/v1/models/sklearn-iris:predict -H 'Content-Type: application/json' -d '{\"instances\": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}'"
-	exec $(VENV)/bin/servelane model-server --model-repository examples/models --host $(HOST) --http-port $(PORT) --grpc-port $(GRPC_PORT)
+	exec $(VENV)/bin/servelane up examples/ --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
 
 test: install
 	$(VENV)/bin/ruff check .

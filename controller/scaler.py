@@ -382,7 +382,7 @@ class _LocalReplica:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
             )
 
     async def _watch(self) -> str | None:
@@ -448,11 +448,11 @@ class _LocalReplica:
         bound = self.template.timeout + self.scaler.drain_quiet + STOP_MARGIN
         for name in reversed(PROCESSES):
             if name in self.processes:
-                await _terminate(self.processes[name], bound, f"{self.name}/{name}")
+                await terminate(self.processes[name], bound, f"{self.name}/{name}")
                 del self.processes[name]  # only now: a cancellation while waiting leaves it for the next stop
 
 
-async def _terminate(process: asyncio.subprocess.Process, bound: float, what: str) -> None:
+async def terminate(process: asyncio.subprocess.Process, bound: float, what: str) -> None:
     """SIGTERM, then wait up to ``bound`` seconds; SIGKILL past it. Always waits for the exit (no zombie)."""
     if process.returncode is None:
         try:
@@ -471,7 +471,7 @@ async def _terminate(process: asyncio.subprocess.Process, bound: float, what: st
     log.info("%s exited (code %s)", what, code)
 
 
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
+def die_with_parent(parent: int) -> Callable[[], None] | None:
     """A preexec_fn (Linux) that has the child get SIGTERM when the controller dies, even while it was forking.
 
     The death signal follows the thread that forked: the controller must spawn from its event loop's thread.

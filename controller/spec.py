@@ -139,7 +139,7 @@ def load_paths(paths: Iterable[Path]) -> list[InferenceServiceSpec]:
     """The services in each FILE, or in every ``*.yaml``/``*.yml`` directly in a DIR (sorted, not recursive)."""
     specs: list[InferenceServiceSpec] = []
     for path in paths:
-        for file in _yaml_files(Path(path)):
+        for file in yaml_files(Path(path)):
             try:
                 text = file.read_text()
             except (OSError, UnicodeDecodeError) as exc:
@@ -168,7 +168,7 @@ def load_specs(text: str, *, base_dir: Path, source: str | None = None) -> list[
     return specs
 
 
-def _yaml_files(path: Path) -> list[Path]:
+def yaml_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
         if not files:

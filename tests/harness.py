@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common.lifecycle import free_port
 
-__all__ = ["ServiceProcess", "free_port"]
+__all__ = ["ServiceProcess", "alive", "descendants", "free_port"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +70,24 @@ class ServiceProcess:
             time.sleep(0.05)
         raise TimeoutError(f"{url} not ready after {timeout}s; output:\n{self.output()}")
 
+    def wait_output(self, text: str, timeout: float = 60.0) -> str:
+        """Wait until ``text`` appears in the process output; fail with the output if it exits or time runs out."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            output = self.output()
+            if text in output:
+                return output
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self!r} exited before printing {text!r}:\n{output}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{text!r} not printed after {timeout}s; output:\n{self.output()}")
+
+    def descendants(self) -> list[int]:
+        """Every live process below this one (children, grandchildren, ...), from /proc."""
+        assert self.proc is not None
+        return descendants(self.proc.pid)
+
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -91,3 +109,32 @@ class ServiceProcess:
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
+
+
+def descendants(pid: int) -> list[int]:
+    """Live processes below ``pid`` (Linux /proc; zombies count as gone)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

@@ -111,7 +111,7 @@ def test_cli_help_and_unknown_component():
     out = subprocess.run([sys.executable, "-m", "servelane", "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "model-server" in out.stdout
     out = subprocess.run([sys.executable, "-m", "servelane", "nope"], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "unknown component" in out.stderr
+    assert out.returncode == 2 and "unknown command" in out.stderr
     out = subprocess.run([sys.executable, "-m", "model_server"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--model-repository" in out.stderr
 

@@ -1,0 +1,123 @@
+"""The controller's admin API: one small versioned HTTP API on 127.0.0.1, for the gateway and the CLI.
+
+    GET  /v1/routing?after=N&wait=S   the routing state (gateway/state.py) once its version is above N: 200 with the
+                                      JSON document, or 304 and no body when S seconds (default 30, at most 300)
+                                      pass first; the gateway's ``--controller`` source long-polls this
+    POST /v1/apply                    {"documents": [{"text": YAML, "base_dir": DIR, "source": FILE}]}: parsed as
+                                      InferenceServices and applied; 200 {"applied": [...]} or 400 naming the field
+    GET  /v1/status                   services, revisions, traffic and replicas, each replica's in-flight requests
+                                      (its queue-proxy's average concurrency over the last second)
+    GET  /healthz                     200 while the controller runs; /readyz 200 once every route has a ready replica
+
+Errors are mapped once, here, through common.errors (400 for a bad spec or request, 404 unknown path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from common.errors import InvalidInput, ServelaneError
+from common.http import error_response, json_response
+from controller.controller import Controller
+from controller.spec import load_specs
+
+CONTROLLER = web.AppKey("controller", Controller)
+STATS_TIMEOUT = aiohttp.ClientTimeout(total=0.5)
+MAX_WAIT = 300.0
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ServelaneError as exc:
+        return error_response(exc.http_status, exc.message)
+
+
+def build_admin(controller: Controller) -> web.Application:
+    app = web.Application(middlewares=[errors])
+    app[CONTROLLER] = controller
+    app.router.add_get("/v1/routing", routing)
+    app.router.add_post("/v1/apply", apply)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def routing(request: web.Request) -> web.Response:
+    after = _number(request, "after", -1, int)
+    wait = min(_number(request, "wait", 30.0, float), MAX_WAIT)
+    controller = request.app[CONTROLLER]
+    state = controller.state if controller.state.version > after else await controller.wait_state(after, wait)
+    if state is None:
+        return web.Response(status=304)
+    return json_response(state.to_dict())
+
+
+async def apply(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        documents = body["documents"]
+        specs = [
+            spec
+            for doc in documents
+            for spec in load_specs(doc["text"], base_dir=Path(doc["base_dir"]), source=doc.get("source"))
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f'expected {{"documents": [{{"text", "base_dir", "source"}}]}}: {exc!r}') from None
+    applied = await request.app[CONTROLLER].apply(specs)
+    return json_response(
+        {"applied": [{"service": a.service, "namespace": a.namespace, "created": list(a.created)} for a in applied]}
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    report = request.app[CONTROLLER].status()
+    replicas = [
+        replica
+        for service in report["services"]
+        for revisions in service["components"].values()
+        for revision in revisions
+        for replica in revision["replicas"]
+    ]
+    async with aiohttp.ClientSession(timeout=STATS_TIMEOUT) as http:
+        loads = await asyncio.gather(*(_in_flight(http, r.get("stats")) for r in replicas))
+    for replica, load in zip(replicas, loads, strict=True):
+        replica["in_flight"] = load
+    return json_response(report)
+
+
+async def _in_flight(http: aiohttp.ClientSession, stats: str | None) -> float | None:
+    if not stats:
+        return None
+    try:
+        async with http.get(f"http://{stats}/", headers={"Accept": "application/json"}) as response:
+            return float((await response.json())["average_concurrent_requests"])
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+        return None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[CONTROLLER].ready():
+        return web.Response(text="ready")
+    return error_response(503, "not every route has a ready replica yet")
+
+
+def _number(request: web.Request, name: str, default: float, kind: type) -> Any:
+    raw = request.query.get(name)
+    if raw is None:
+        return kind(default)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise InvalidInput(f"query parameter {name} must be a number, got {raw!r}") from None

@@ -1,0 +1,180 @@
+"""The controller's revision and traffic rules, without processes: a scripted Scaler whose replicas turn ready when
+the test says so (the real LocalScaler is tested in test_scaler.py and end to end in tests/e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from controller.controller import Controller, GatewayAddress
+from controller.scaler import Replica, ReplicaTemplate
+from controller.spec import SpecError, load_specs
+from tests.models import build_add
+
+GATEWAY = GatewayAddress("127.0.0.1:8080", "127.0.0.1:8081")
+
+
+class ScriptedScaler:
+    """Replicas appear when scaled; ``ready(revision)`` makes them ready; every scale call is recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.templates: dict[str, ReplicaTemplate] = {}
+        self._replicas: dict[str, list[Replica]] = {}
+        self.controller: Controller | None = None
+
+    async def scale(self, template: ReplicaTemplate, replicas: int) -> None:
+        self.calls.append((template.revision, replicas))
+        self.templates[template.revision] = template
+        have = self._replicas.setdefault(template.revision, [])
+        while len(have) < replicas:
+            n = len(have) + 1
+            have.append(Replica(f"{template.revision}-{n}", f"127.0.0.1:{1000 + n}", None, False))
+        del have[replicas:]
+        if self.controller is not None:
+            self.controller.changed()  # as the LocalScaler's on_change
+
+    def replicas(self, revision: str) -> list[Replica]:
+        return list(self._replicas.get(revision, ()))
+
+    async def close(self) -> None:
+        self._replicas.clear()
+
+    def ready(self, revision: str) -> None:
+        self._replicas[revision] = [Replica(r.name, r.http, r.grpc, True) for r in self._replicas[revision]]
+        assert self.controller is not None
+        self.controller.changed()
+
+
+def spec(root: Path, offset: int, *, canary: int | None = None, transformer: bool = False, min_replicas: int = 1):
+    build_add(root / f"add-{offset}" / "model.onnx", float(offset))
+    text = f"""
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {{name: adder}}
+spec:
+  predictor:
+    minReplicas: {min_replicas}
+    {"" if canary is None else f"canaryTrafficPercent: {canary}"}
+    model: {{modelFormat: {{name: onnx}}, storageUri: ./add-{offset}, protocolVersion: v2}}
+"""
+    if transformer:
+        model_class = f"{Path(__file__).parents[2]}/examples/iris_transformer.py:IrisTransformer"
+        text += f"""  transformer:
+    containers: [{{name: t, args: ["--model-class", "{model_class}"]}}]
+"""
+    return load_specs(text, base_dir=root)
+
+
+@pytest.fixture
+async def setup():
+    scaler = ScriptedScaler()
+    controller = Controller(scaler, GATEWAY, retire_delay=0)
+    scaler.controller = controller
+    yield controller, scaler
+    await controller.close()
+
+
+def traffic(controller: Controller, component: str = "predictor") -> list[tuple[str, int, str | None]]:
+    (service,) = controller.state.services
+    return [(t.revision, t.percent, t.tag) for t in service.components[component]]
+
+
+async def apply(controller: Controller, specs):
+    """Apply, then let the scale calls it started run."""
+    applied = await controller.apply(specs)
+    await settle()
+    return applied
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_new_service_gets_one_revision_at_100_percent(setup, tmp_path):
+    controller, scaler = setup
+    applied = await apply(controller, spec(tmp_path, 1, min_replicas=2))
+    assert applied[0].created == ("adder-predictor-00001",)
+    await settle()
+    assert scaler.calls == [("adder-predictor-00001", 2)]
+    assert traffic(controller) == [("adder-predictor-00001", 100, "latest")]
+    assert not controller.ready()
+    scaler.ready("adder-predictor-00001")
+    assert controller.ready()
+    revision = controller.state.revisions["adder-predictor-00001"]
+    assert [e.http for e in revision.ready_endpoints] == ["127.0.0.1:1001", "127.0.0.1:1002"]
+    assert (revision.service, revision.component, revision.timeout) == ("adder", "predictor", 300.0)
+
+
+async def test_reapplying_the_same_spec_creates_nothing(setup, tmp_path):
+    controller, scaler = setup
+    await apply(controller, spec(tmp_path, 1))
+    version = controller.state.version
+    applied = await apply(controller, spec(tmp_path, 1))
+    assert applied[0].created == ()
+    assert controller.state.version == version
+
+
+async def test_a_changed_spec_switches_only_once_the_new_revision_is_ready(setup, tmp_path):
+    controller, scaler = setup
+    await apply(controller, spec(tmp_path, 1))
+    scaler.ready("adder-predictor-00001")
+    await apply(controller, spec(tmp_path, 2))
+    await settle()
+    assert traffic(controller) == [("adder-predictor-00001", 100, "prev"), ("adder-predictor-00002", 0, "latest")]
+    assert ("adder-predictor-00001", 0) not in scaler.calls
+    scaler.ready("adder-predictor-00002")
+    assert traffic(controller) == [("adder-predictor-00002", 100, "latest")]
+    await settle()
+    assert ("adder-predictor-00001", 0) in scaler.calls  # retired once no traffic points at it
+    assert "adder-predictor-00001" not in controller.state.revisions
+
+
+async def test_canary_splits_and_a_canary_only_change_moves_traffic_without_a_revision(setup, tmp_path):
+    controller, scaler = setup
+    await apply(controller, spec(tmp_path, 1))
+    scaler.ready("adder-predictor-00001")
+    await apply(controller, spec(tmp_path, 2, canary=10))
+    scaler.ready("adder-predictor-00002")
+    assert traffic(controller) == [("adder-predictor-00001", 90, "prev"), ("adder-predictor-00002", 10, "latest")]
+    applied = await apply(controller, spec(tmp_path, 2, canary=50))
+    assert applied[0].created == ()
+    assert traffic(controller) == [("adder-predictor-00001", 50, "prev"), ("adder-predictor-00002", 50, "latest")]
+    await apply(controller, spec(tmp_path, 2))  # promoted: the canary field removed
+    assert traffic(controller) == [("adder-predictor-00002", 100, "latest")]
+
+
+async def test_a_transformer_calls_its_predictor_through_the_gateway_by_host(setup, tmp_path):
+    controller, scaler = setup
+    await apply(controller, spec(tmp_path, 1, transformer=True))
+    await settle()
+    args = scaler.templates["adder-transformer-00001"].server_args
+    at = args.index("--predictor-host")
+    assert args[at + 1] == "127.0.0.1:8080"
+    assert args[args.index("--predictor-authority") + 1] == "adder-predictor.default.example.com"
+    (service,) = controller.state.services
+    assert service.entry == "transformer" and service.models == ("adder",)
+
+
+async def test_the_long_poll_answers_on_a_change_or_times_out(setup, tmp_path):
+    controller, scaler = setup
+    await apply(controller, spec(tmp_path, 1))
+    version = controller.state.version
+    assert await controller.wait_state(version, 0.05) is None
+    waiting = asyncio.create_task(controller.wait_state(version, 5))
+    await asyncio.sleep(0.01)
+    scaler.ready("adder-predictor-00001")
+    state = await waiting
+    assert state is not None and state.version > version
+
+
+async def test_removing_a_component_is_refused_and_changes_nothing(setup, tmp_path):
+    controller, scaler = setup
+    await apply(controller, spec(tmp_path, 1, transformer=True))
+    version = controller.state.version
+    with pytest.raises(SpecError, match="removing components"):
+        await apply(controller, spec(tmp_path, 2))
+    assert controller.state.version == version
