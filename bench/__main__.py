@@ -3,6 +3,7 @@
     python -m bench                      # every suite: 5 s per case after 1 s of warm-up, 3 repeats, medians
     python -m bench --quick              # 2 s per case, 1 repeat
     python -m bench --suite queue_proxy  # one suite: direct, queue-proxy and nginx at 1, 16 and 64
+    python -m bench --suite stack        # servelane up examples/: each hop against the predictor alone, at 1 and 16
     python -m bench --case 'iris-*' --case '4mb-*' --duration 10 --repeats 5
     python -m bench --list               # the case keys, without running anything
 """
@@ -18,10 +19,14 @@ from bench import harness, loadgen
 from bench import model_server as model_server_suite
 from bench import pipeline as pipeline_suite
 from bench import queue_proxy as queue_proxy_suite
+from bench import stack as stack_suite
 from bench.harness import Options
 
 # name -> module with KEYS and ``async run(options, wrk)``
-SUITES = {"model_server": model_server_suite, "pipeline": pipeline_suite, "queue_proxy": queue_proxy_suite}
+SUITES = {
+    "model_server": model_server_suite, "pipeline": pipeline_suite, "queue_proxy": queue_proxy_suite,
+    "stack": stack_suite,
+}
 
 
 def parse_args(argv: list[str]) -> tuple[Options, list[str], bool]:

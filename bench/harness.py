@@ -5,7 +5,8 @@ phase, and the pid of the process whose CPU counts as the server's), and :func:`
 ``repeats`` times, cases inner and repeats outer so that drift on a shared machine spreads over every case. Each
 measured phase follows its own warm-up phase. Server CPU per request is the utime+stime delta of the server pid
 over the measured phase divided by the requests completed; a case behind a proxy may name its upstream's pid too,
-whose CPU per request is reported beside the server's. Ratios are computed inside each repeat (side by side)
+whose CPU per request is reported beside the server's, and a case through several processes may name each of them
+(``hop_pids``, name -> pid), each reported in its own column. Ratios are computed inside each repeat (side by side)
 and reported as the median over repeats, as every other number is.
 """
 
@@ -51,6 +52,7 @@ class Case:
     drive: Drive
     pid: int | None  # the server's pid; None: the load reports its own work CPU (in-process floors)
     upstream_pid: int | None = None  # what the server forwards to, when it is a proxy: its CPU is reported apart
+    hop_pids: dict[str, int] = field(default_factory=dict)  # every process on a multi-hop path, by name
 
     @property
     def key(self) -> str:
@@ -72,6 +74,7 @@ class Measurement:
     other_cpu_pct: float | None = None  # CPU that neither server nor client used, % of all cores: a noise gauge
     error_sample: str = ""
     upstream_cpu_us: float | None = None  # per request, for a case with an upstream pid
+    hop_cpu_us: dict[str, float] = field(default_factory=dict)  # per request, for each of a case's hop_pids
 
     @property
     def key(self) -> str:
@@ -134,14 +137,14 @@ async def measure(case: Case, options: Options) -> Measurement:
     try:
         if case.pid is not None and options.warmup > 0:
             await case.drive(case.concurrency, options.warmup)
+        pids = {p for p in (case.pid, case.upstream_pid, *case.hop_pids.values()) if p is not None}
         busy = machine_busy_seconds()
-        before = process_cpu_seconds(case.pid) if case.pid is not None else 0.0
-        upstream = process_cpu_seconds(case.upstream_pid) if case.upstream_pid is not None else 0.0
+        before = {pid: process_cpu_seconds(pid) for pid in pids}
         load = await case.drive(case.concurrency, options.duration)
-        work = process_cpu_seconds(case.pid) - before if case.pid is not None else (load.work_cpu_s or 0.0)
-        if case.upstream_pid is not None:
-            upstream = process_cpu_seconds(case.upstream_pid) - upstream
+        spent = {pid: process_cpu_seconds(pid) - cpu for pid, cpu in before.items()}
         busy = machine_busy_seconds() - busy
+        work = spent[case.pid] if case.pid is not None else (load.work_cpu_s or 0.0)
+        upstream = spent[case.upstream_pid] if case.upstream_pid is not None else 0.0
     except Exception as exc:  # a failed phase is reported in the table, and the suite goes on
         return Measurement(case.name, case.concurrency, "-", 0, 1, 0.0, math.nan, math.nan, math.nan, None,
                            error_sample=f"{type(exc).__name__}: {exc}"[:500])
@@ -149,11 +152,12 @@ async def measure(case: Case, options: Options) -> Measurement:
     client = None if load.client_cpu_s is None else load.client_cpu_s / n * 1e6
     other = None  # an in-process case's window holds its child's start-up, which is not noise
     if case.pid is not None:
-        used = work + upstream + (load.client_cpu_s or 0.0)
+        used = sum(spent.values()) + (load.client_cpu_s or 0.0)  # each process once, if it is named twice
         other = max(0.0, busy - used) / (load.elapsed_s * (os.cpu_count() or 1)) * 100
+    hops = {name: spent[pid] / n * 1e6 for name, pid in case.hop_pids.items()}
     return Measurement(case.name, case.concurrency, load.generator, load.requests, load.errors,
                        load.requests / load.elapsed_s, load.p50_ms, load.p99_ms, work / n * 1e6, client, other,
-                       load.error_sample, None if case.upstream_pid is None else upstream / n * 1e6)
+                       load.error_sample, None if case.upstream_pid is None else upstream / n * 1e6, hops)
 
 
 async def run_suite(
@@ -167,8 +171,9 @@ async def run_suite(
         for case in selected:
             m = run[case.key] = await measure(case, options)
             flag = f"  ERRORS {m.errors}: {m.error_sample}" if m.errors else ""
+            hops = "".join(f"  {hop} {cpu:.0f}" for hop, cpu in m.hop_cpu_us.items())
             print(f"  [{name} {i + 1}/{options.repeats}] {case.key:20} {m.rps:8.0f} rps  p50 {m.p50_ms:7.3f} ms"
-                  f"  cpu {m.server_cpu_us:6.0f} us/req  other {m.other_cpu_pct or 0:3.0f}%{flag}",
+                  f"  cpu {m.server_cpu_us:6.0f} us/req{hops}  other {m.other_cpu_pct or 0:3.0f}%{flag}",
                   file=sys.stderr, flush=True)
         result.runs.append(run)
     result.medians = [median_of([run[c.key] for run in result.runs]) for c in selected]
@@ -185,10 +190,12 @@ def median_of(ms: list[Measurement]) -> Measurement:
         values = [getattr(m, attr) for m in ms if getattr(m, attr) is not None]
         return statistics.median(values) if values else None
 
+    hops = {name: statistics.median(m.hop_cpu_us[name] for m in ms if name in m.hop_cpu_us)
+            for m in ms for name in m.hop_cpu_us}
     return Measurement(first.case, first.concurrency, first.generator, int(med("requests")),
                        sum(m.errors for m in ms), med("rps"), med("p50_ms"), med("p99_ms"), med("server_cpu_us"),
                        med("client_cpu_us"), med("other_cpu_pct"),
-                       next((m.error_sample for m in ms if m.error_sample), ""), med("upstream_cpu_us"))
+                       next((m.error_sample for m in ms if m.error_sample), ""), med("upstream_cpu_us"), hops)
 
 
 def median_ratios(per_run: list[list[Ratio]]) -> list[Ratio]:
@@ -209,11 +216,15 @@ def check(value: float | None, target: str) -> bool | None:
 
 def format_table(result: SuiteResult) -> str:
     upstreams = any(m.upstream_cpu_us is not None for m in result.medians)  # the column only where a case has one
+    # likewise one column per hop, in the order of the case that names the most (the longest path)
+    by_length = sorted(result.medians, key=lambda m: -len(m.hop_cpu_us))
+    hops = list(dict.fromkeys(name for m in by_length for name in m.hop_cpu_us))
     head = ("case", "conc", "gen", "rps", "p50 ms", "p99 ms", "srv CPU us/req", *("ups CPU us/req",) * upstreams,
-            "cli CPU us/req", "other CPU %", "errors")
+            *(f"{hop} us/req" for hop in hops), "cli CPU us/req", "other CPU %", "errors")
     rows = [head] + [
         (m.case, str(m.concurrency), m.generator, f"{m.rps:.0f}", f"{m.p50_ms:.3f}", f"{m.p99_ms:.3f}",
-         f"{m.server_cpu_us:.0f}", *(_opt(m.upstream_cpu_us),) * upstreams, _opt(m.client_cpu_us),
+         f"{m.server_cpu_us:.0f}", *(_opt(m.upstream_cpu_us),) * upstreams,
+         *(_opt(m.hop_cpu_us.get(hop)) for hop in hops), _opt(m.client_cpu_us),
          _opt(m.other_cpu_pct), str(m.errors) + (" !" if m.errors else ""))
         for m in result.medians
     ]
@@ -225,6 +236,8 @@ def format_table(result: SuiteResult) -> str:
            "(other CPU %: what the rest of the machine used during the phase, of all cores; high means noise)"]
     if upstreams:
         out.append("(ups CPU us/req: the upstream's CPU per request, for cases through a proxy)")
+    if hops:
+        out.append("(<hop> us/req: that process's CPU per request, where it is on the case's path; - where not)")
     out += [f"  ! {m.key}: {m.error_sample}" for m in result.medians if m.errors]
     out += [f"  note: {note}" for note in result.notes]
     if result.ratios:
@@ -259,7 +272,10 @@ def write_json(results: list[SuiteResult], options: Options, started: float, pat
 
 
 def _row(m: Measurement) -> dict[str, object]:
-    return {f.name: getattr(m, f.name) for f in fields(m)}
+    row = {f.name: getattr(m, f.name) for f in fields(m)}
+    if not m.hop_cpu_us:
+        del row["hop_cpu_us"]  # the suites without hops keep their documents as they were
+    return row
 
 
 def _host() -> dict[str, object]:
