@@ -11,9 +11,12 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import uvloop
-from aiohttp import web
+
+if TYPE_CHECKING:
+    from aiohttp import web  # imported where used: a queue-proxy never loads aiohttp (~16 MB of RSS)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ async def start_http(
     app: web.Application, host: str, port: int, *, shutdown_timeout: float, **runner_kwargs: object
 ) -> web.AppRunner:
     """Start ``app`` on host:port (port 0 picks a free one); ``shutdown_timeout`` bounds the drain of handlers."""
+    from aiohttp import web
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **runner_kwargs)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

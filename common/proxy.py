@@ -1,7 +1,8 @@
 """The streaming HTTP reverse proxy every servelane hop shares (queue-proxy, gateway, activator).
 
-One :class:`ProxyClient` per process holds one pooled aiohttp session with keep-alive. :meth:`ProxyClient.forward`
-sends an incoming request to an upstream and streams the answer back:
+One :class:`ProxyClient` per process holds the keep-alive connection pools (:mod:`common.upstream`).
+:meth:`ProxyClient.forward` sends a request taken by :mod:`common.httpserver` to an upstream and streams the
+answer back:
 
 - request bodies stream to the upstream (small ones, whose length is known and under ``buffer_limit``, are read
   whole first: cheaper, and still bounded); responses stream back chunk by chunk (chunked and server-sent events
@@ -26,9 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from aiohttp import StreamReader, web
-
 from common.errors import UpstreamError, UpstreamTimeout
+from common.httpserver import Request, Response
 from common.upstream import UpstreamPool, UpstreamResponse
 
 HOP_BY_HOP = frozenset(
@@ -89,7 +89,7 @@ class ProxyClient:
 
     async def forward(
         self,
-        request: web.Request,
+        request: Request,
         upstream: str,
         *,
         headers: list[tuple[str, str]] | None = None,
@@ -97,8 +97,9 @@ class ProxyClient:
         started: float | None = None,
         timings: Mapping[str, float] | None = None,
         reply_headers: Mapping[str, str] | None = None,
-    ) -> web.StreamResponse:
-        """Proxy ``request`` to ``upstream`` (``http://host:port``), keeping its path and query.
+    ) -> Response:
+        """Proxy ``request`` to ``upstream`` (``http://host:port``), keeping its path and query; the answer is a
+        whole :class:`Response` when it is small, else it was streamed to the client (``Response.streamed``).
 
         ``headers`` are the headers to send (default: :func:`upstream_headers` of the request); ``started`` is
         when this hop received the request (``time.perf_counter()``), for Server-Timing and the total timeout;
@@ -108,49 +109,36 @@ class ProxyClient:
         loop = self._loop or asyncio.get_running_loop()
         deadline = _Deadline(loop, timeouts, loop.time() - (time.perf_counter() - started))
         outgoing = upstream_headers(request) if headers is None else headers
-        response: web.StreamResponse | None = None
         answer: UpstreamResponse | None = None
         try:
             async with deadline:
-                body, length = await self._body(request)
+                body = request.body if request.stream is None else request.stream
                 answer = await self._pool(upstream).request(
-                    request.method, request.rel_url.raw_path_qs, outgoing, body, length
+                    request.method, request.target, outgoing, body, request.content_length
                 )
                 deadline.response_started()
                 timing = _server_timing(answer.headers, self.hop, started, timings)
                 out = response_headers(answer.headers, timing, reply_headers)
                 size = answer.content_length
                 if answer.complete or (size is not None and size <= self.buffer_limit and not _is_stream(answer)):
-                    data = await answer.read()
-                    return web.Response(status=answer.status, body=data, headers=out)
-                response = web.StreamResponse(status=answer.status, headers=out)
-                if size is not None:
-                    response.content_length = size
-                await response.prepare(request)
+                    return Response(answer.status, out, await answer.read())
+                request.start_response(answer.status, out, size)
                 async for chunk in answer.chunks():
-                    await response.write(chunk)
+                    await request.write(chunk)
                     deadline.wrote()
-                await response.write_eof()
-                return response
+                await request.end_response()
+                return Response.streamed(answer.status)
         except TimeoutError:
-            if response is None:
+            if not request.response_started:
                 raise UpstreamTimeout(TIMEOUT_MESSAGE) from None
         except OSError as exc:  # refused, reset, or closed before the response was complete
-            if response is None:
+            if not request.response_started:
                 raise UpstreamError(f"upstream {upstream} failed: {_reason(exc)}") from None
         finally:
             if answer is not None:
                 answer.release()
-        _abort(request)  # the response had started: it cannot get an error status any more
-        return response
-
-    async def _body(self, request: web.Request) -> tuple[bytes | StreamReader | None, int | None]:
-        if not request.body_exists:
-            return None, None
-        length = request.content_length
-        if length is not None and length <= self.buffer_limit:
-            return await request.read(), length
-        return request.content, length
+        request.abort()  # the response had started: it cannot get an error status any more
+        return Response.streamed(answer.status if answer is not None else 502)
 
 
 class _Deadline:
@@ -210,7 +198,7 @@ class _Deadline:
 
 
 def upstream_headers(
-    request: web.Request, *, drop: frozenset[str] = frozenset(), host: str | None = None
+    request: Request, *, drop: frozenset[str] = frozenset(), host: str | None = None
 ) -> list[tuple[str, str]]:
     """The request's headers as an upstream should get them, in one pass: hop-by-hop and body framing gone (the
     client frames the body), ``drop`` (lower-case names) gone, Host replaced by ``host`` if given, X-Forwarded-*
@@ -264,8 +252,8 @@ def _node(address: str) -> str:
 def response_headers(
     headers: Iterable[tuple[str, str]], server_timing: str | None = None, extra: Mapping[str, str] | None = None
 ) -> list[tuple[str, str]]:
-    """An upstream's response headers as the client should get them: hop-by-hop gone, the length left for aiohttp
-    to set again, ``Server-Timing`` replaced by ``server_timing`` when given, and ``extra`` replacing any header
+    """An upstream's response headers as the client should get them: hop-by-hop gone, the length left for the
+    server to set again, ``Server-Timing`` replaced by ``server_timing`` when given, and ``extra`` replacing any header
     of the same name."""
     pairs = list(headers)
     connection = next((value for key, value in pairs if key.lower() == "connection"), None)
@@ -305,9 +293,3 @@ def _reason(exc: OSError) -> str:
     if exc.__class__.__name__ == "UpstreamClosed":
         return str(exc)
     return f"connection error ({exc.strerror or exc})"
-
-
-def _abort(request: web.Request) -> None:
-    """Cut the client's connection, so a response that broke off after it started is seen as truncated."""
-    if request.transport is not None:
-        request.transport.abort()

@@ -19,12 +19,18 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
 
 import httptools
-from aiohttp import StreamReader
 
 HIGH_WATER = 1024 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class StreamedBody(Protocol):
+    """A request body that arrives in pieces (common.httpserver.BodyStream; aiohttp's StreamReader fits too)."""
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
 
 
 class UpstreamClosed(ConnectionError):
@@ -104,7 +110,7 @@ class _Connection(asyncio.Protocol):
             response.wake()
 
     # -- use -------------------------------------------------------------------------------------------------
-    async def send(self, head: bytes, body: bytes | StreamReader | None, chunked: bool) -> None:
+    async def send(self, head: bytes, body: bytes | StreamedBody | None, chunked: bool) -> None:
         assert self.transport is not None
         if isinstance(body, bytes) or body is None:
             self.transport.write(head + body if body else head)
@@ -119,7 +125,7 @@ class _Connection(asyncio.Protocol):
         if chunked:
             self.transport.write(b"0\r\n\r\n")
 
-    async def exchange(self, head: bytes, body: bytes | StreamReader | None, chunked: bool, head_only: bool):
+    async def exchange(self, head: bytes, body: bytes | StreamedBody | None, chunked: bool, head_only: bool):
         self.used = True
         self.response = UpstreamResponse(self, head_only)
         self._head = self.loop.create_future()
@@ -231,7 +237,7 @@ class UpstreamPool:
         return f"<UpstreamPool {self.host}:{self.port} idle={len(self._idle)}>"
 
     async def request(
-        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | StreamReader | None,
+        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | StreamedBody | None,
         length: int | None,
     ) -> UpstreamResponse:
         chunked = body is not None and not isinstance(body, bytes) and length is None
@@ -245,6 +251,9 @@ class UpstreamPool:
                 conn.close()
                 if not isinstance(body, (bytes, type(None))):
                     raise  # a streamed body cannot be sent again
+            except BaseException:  # cancelled (the client went away, a timeout): the exchange is lost with it
+                conn.close()
+                raise
         conn = await self._connect()
         try:
             return await conn.exchange(head, body, chunked, head_only)
@@ -276,7 +285,7 @@ class UpstreamPool:
 
 
 def _head(
-    method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | StreamReader | None,
+    method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | StreamedBody | None,
     length: int | None, chunked: bool,
 ) -> bytes:
     lines = [f"{method} {target} HTTP/1.1\r\n"]

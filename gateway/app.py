@@ -32,6 +32,7 @@ from aiohttp import web
 
 from common.errors import ServelaneError, Unavailable
 from common.http import error_response, json_response
+from common.httpserver import HttpServer, Request, Response
 from common.lifecycle import bound_port, start_http
 from common.proxy import ProxyClient, Timeouts, upstream_headers
 from gateway.balancer import LeastOutstanding
@@ -61,6 +62,7 @@ class Gateway:
         self.backends = LeastOutstanding(self.rng)
         self.metrics = GatewayMetrics(self.backends.in_flight, lambda: -1 if self.state is None else self.state.version)
         self.client = ProxyClient("gateway")
+        self.http = HttpServer(self.handle)  # bodies stream through; the model server enforces its limit
         self.grpc: GrpcProxy | None = None
         self.source: FileSource | ControllerSource | None = None
         self.ports: dict[str, int] = {}
@@ -95,13 +97,10 @@ class Gateway:
     async def _listen(self) -> None:
         c = self.config
         await self.client.start()
-        apps = {"http": (self.main_app(), c.port), "admin": (self.admin_app(), c.admin_port),
-                "metrics": (self.metrics.app(), c.metrics_port)}  # fmt: skip
+        self.ports["http"] = await self.http.start(c.host, c.port)
+        apps = {"admin": (self.admin_app(), c.admin_port), "metrics": (self.metrics.app(), c.metrics_port)}
         for name, (app, port) in apps.items():
-            runner = await start_http(
-                app, c.host, port, shutdown_timeout=c.grace_period, handler_cancellation=(name == "http"),
-                auto_decompress=False,
-            )  # fmt: skip
+            runner = await start_http(app, c.host, port, shutdown_timeout=c.grace_period)
             self._runners[name] = runner
             self.ports[name] = bound_port(runner)
         if c.grpc_port >= 0:
@@ -127,13 +126,12 @@ class Gateway:
         """Stop taking routes, close the listeners at once, let requests in flight finish, close the rest."""
         if self.source is not None:
             await self.source.stop()
-        stopping = [runner.cleanup() for name, runner in self._runners.items() if name == "http"]
+        stopping = [self.http.stop(self.config.grace_period)]
         if self.grpc is not None:
             stopping.append(self.grpc.stop(self.config.grace_period))
         await asyncio.gather(*stopping)
-        for name, runner in self._runners.items():
-            if name != "http":
-                await runner.cleanup()
+        for runner in self._runners.values():
+            await runner.cleanup()
         self._runners.clear()
         await self.client.close()
         log.info("gateway stopped")
@@ -150,12 +148,7 @@ class Gateway:
         self.state, self.table = state, table
 
     # -- the HTTP port -----------------------------------------------------------------------------------------
-    def main_app(self) -> web.Application:
-        app = web.Application(client_max_size=0)  # bodies stream through; the model server enforces its limit
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         request_id = request.headers.get("X-Request-Id") or ""
         reply = {"X-Request-Id": request_id or str(uuid.uuid4())}
@@ -192,13 +185,11 @@ class Gateway:
         finally:
             self.metrics.observe(revision, "http", status, time.perf_counter() - started)
 
-    def _answer_locally(self, path: str, reply: dict[str, str]) -> web.Response:
+    def _answer_locally(self, path: str, reply: dict[str, str]) -> Response:
         if path == "/v2":
-            response = json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
-        else:
-            response = web.Response()  # live, and ready: a routing state is in force, or we would not be here
-        response.headers.update(reply)
-        return response
+            return Response.json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []},
+                                 headers=reply.items())
+        return Response(200, reply.items())  # live, and ready: a routing state is in force, or we would not be here
 
     # -- admin -------------------------------------------------------------------------------------------------
     def admin_app(self) -> web.Application:
@@ -222,7 +213,5 @@ class Gateway:
         return json_response(self.state.to_dict())
 
 
-def _error(status: int, message: str, reply: dict[str, str]) -> web.Response:
-    response = error_response(status, message)
-    response.headers.update(reply)
-    return response
+def _error(status: int, message: str, reply: dict[str, str]) -> Response:
+    return Response.error(status, message, reply.items())

@@ -19,12 +19,9 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from common.breaker import Breaker
 from common.errors import ServelaneError, UpstreamTimeout, http_status_of
-from common.http import error_response
-from common.lifecycle import bound_port, start_http
+from common.httpserver import HttpServer, Request, Response, get_routes
 from common.proxy import TIMEOUT_MESSAGE, ProxyClient, Timeouts, upstream_headers
 from queue_proxy.config import QueueProxyConfig
 from queue_proxy.drain import Drainer
@@ -59,9 +56,16 @@ class QueueProxy:
         self.prober = UpstreamProber(host, int(port), config.readiness_path, config.probe_period)
         self.client = ProxyClient("queue-proxy", limit=concurrency or 1000)
         self.timeouts = Timeouts(config.timeout, config.response_start_timeout, config.idle_timeout)
+        # Every port on the lean server (aiohttp would cost ~16 MB of RSS); bodies stream through the main one.
+        self.servers = {
+            "http": HttpServer(self.handle),
+            "admin": HttpServer(get_routes({"/wait-for-drain": self.wait_for_drain})),
+            "stats": HttpServer(self.reporter.handler()),
+            "metrics": HttpServer(self.metrics.handler()),
+        }
         self.grpc: GrpcProxy | None = None
         self.ports: dict[str, int] = {}
-        self._runners: dict[str, web.AppRunner] = {}
+        self.running = False
         self._sigterm = asyncio.Event()
         self._drained = asyncio.Event()
 
@@ -71,22 +75,13 @@ class QueueProxy:
     # -- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
         c = self.config
+        self.running = True
         await self.client.start()
         await self.prober.start()
         self.reporter.start()
-        apps = {
-            "http": (self.main_app(), c.port),
-            "admin": (self.admin_app(), c.admin_port),
-            "stats": (self.reporter.app(), c.stats_port),
-            "metrics": (self.metrics.app(), c.metrics_port),
-        }
-        for name, (app, port) in apps.items():
-            runner = await start_http(
-                app, c.host, port, shutdown_timeout=c.timeout, handler_cancellation=(name == "http"),
-                auto_decompress=False,
-            )
-            self._runners[name] = runner
-            self.ports[name] = bound_port(runner)
+        for name, port in (("http", c.port), ("admin", c.admin_port), ("stats", c.stats_port),
+                           ("metrics", c.metrics_port)):  # fmt: skip
+            self.ports[name] = await self.servers[name].start(c.host, port)
         if c.upstream_grpc is not None:
             from common.grpc_proxy import build_grpc_proxy  # grpc costs ~9 MB of RSS: only when there is gRPC
 
@@ -107,26 +102,22 @@ class QueueProxy:
         await self.stop()
 
     async def stop(self) -> None:
-        main = self._runners.pop("http", None)
-        stopping = [] if main is None else [main.cleanup()]
+        if not self.running:
+            return
+        self.running = False
+        stopping = [self.servers["http"].stop(self.config.timeout)]
         if self.grpc is not None:
             stopping.append(self.grpc.stop(self.config.timeout))
         await asyncio.gather(*stopping)  # listeners closed at once; in-flight requests run to the end
-        for runner in self._runners.values():
-            await runner.cleanup()
-        self._runners.clear()
+        for name in ("admin", "stats", "metrics"):
+            await self.servers[name].stop(1.0)
         await self.reporter.stop()
         await self.prober.close()
         await self.client.close()
         log.info("queue-proxy stopped")
 
     # -- the serving port --------------------------------------------------------------------------------------
-    def main_app(self) -> web.Application:
-        app = web.Application(client_max_size=0)  # bodies stream through; the model server enforces its limit
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response:
         headers = request.headers
         if "K-Network-Probe" in headers or headers.get("User-Agent", "").startswith(PROBE_AGENTS):
             return await self._probe(request)
@@ -145,33 +136,33 @@ class QueueProxy:
             return response
         except ServelaneError as exc:
             status = exc.http_status
-            return error_response(exc.http_status, exc.message)
+            return Response.error(exc.http_status, exc.message)
         except asyncio.CancelledError:
             status = 499  # the client went away (nginx's code for it); not a failure of ours
             raise
         except Exception:
             log.exception("unhandled error proxying %s %s", request.method, request.path)
-            return error_response(500, "Internal server error")
+            return Response.error(500, "Internal server error")
         finally:
             now = time.perf_counter()
             self.metrics.observe(status, now - started, None if app_started is None else now - app_started)
 
-    async def _probe(self, request: web.Request) -> web.Response:
+    async def _probe(self, request: Request) -> Response:
         value = request.headers.get("K-Network-Probe")
         if value == "probe":  # the ingress's network probe: answered here, the model server is not touched
             probe_hash = request.headers.get("K-Network-Hash")
             if not probe_hash:
-                return web.Response(status=400, text="probe hash missing")
+                return Response.text("probe hash missing", 400)
             if self.drainer.draining:
-                return web.Response(status=503, text="shutting down")
-            return web.Response(text="queue", headers={"K-Network-Hash": probe_hash})
+                return Response.text("shutting down", 503)
+            return Response.text("queue", headers=[("K-Network-Hash", probe_hash)])
         if self.drainer.draining:
-            return web.Response(status=503, text="shutting down")
+            return Response.text("shutting down", 503)
         if value != "queue":
-            return web.Response(status=400, text=f"unexpected probe header value: {value}")
+            return Response.text(f"unexpected probe header value: {value}", 400)
         if await self.prober.probe():
-            return web.Response(text="queue")
-        return web.Response(status=503)
+            return Response.text("queue")
+        return Response(503)
 
     # -- gRPC admission ----------------------------------------------------------------------------------------
     def _grpc_admit(self, metadata: dict[str, str]) -> GrpcAdmission:
@@ -179,21 +170,16 @@ class QueueProxy:
         return GrpcAdmission(self, metadata.get("k-proxy-request") == "activator")
 
     # -- admin -------------------------------------------------------------------------------------------------
-    def admin_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/wait-for-drain", self.wait_for_drain)
-        return app
-
-    async def wait_for_drain(self, request: web.Request) -> web.Response:
+    async def wait_for_drain(self, request: Request) -> Response:
         """A preStop hook's call: drain now; if no SIGTERM follows within a second, call it off (Knative)."""
         self.drainer.start()
         try:
             await asyncio.wait_for(self._sigterm.wait(), 1.0)
         except TimeoutError:
             self.drainer.reset()
-            return web.Response(text="drain reset: no SIGTERM followed")
+            return Response.text("drain reset: no SIGTERM followed")
         await self._drained.wait()
-        return web.Response(text="drained")
+        return Response.text("drained")
 
     # -- gauges ------------------------------------------------------------------------------------------------
     def _queue_depth(self) -> float:
@@ -278,6 +264,6 @@ class GrpcAdmission(Admission):
         self.qp.metrics.observe(http_status_of(self.outcome.code), now - self.started, now - self.admitted_at)
 
 
-def _upstream_headers(request: web.Request) -> list[tuple[str, str]]:
+def _upstream_headers(request: Request) -> list[tuple[str, str]]:
     """What the model server gets: Knative's routing headers gone, ``K-Original-Host`` back as Host."""
     return upstream_headers(request, drop=_KNATIVE_HEADERS, host=request.headers.get("K-Original-Host"))

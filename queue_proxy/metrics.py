@@ -17,17 +17,17 @@ Probes are never recorded, and that is the caller's duty: it does not call :meth
 for kubelet, activator or network probes (a ``kube-probe/`` User-Agent or any ``K-Network-Probe``).
 
 The histograms are :class:`common.metrics.LoopHistogram` (lock-free), so observations and scrapes must both
-happen on the event loop: serve the registry through :meth:`QueueProxyMetrics.app`, never from a thread.
+happen on the event loop: serve the registry through :meth:`QueueProxyMetrics.handler`, never from a thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
+from common.httpserver import Handler, Request, Response, get_routes
 from common.metrics import HistogramChild, LoopHistogram
 
 # Seconds. The low end resolves the hop itself: the queue-proxy adds about 0.1 ms and a small model on CPU answers
@@ -98,15 +98,13 @@ class QueueProxyMetrics:
         if in_flight is not None:
             self.in_flight.labels(*self._revision).set_function(in_flight)
 
-    def app(self) -> web.Application:
+    def handler(self) -> Handler:
         """The metrics port: ``GET /metrics`` in Prometheus text, or OpenMetrics when the scraper asks for it."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._serve)
-        return app
+        return get_routes({"/metrics": self._serve})
 
-    async def _serve(self, request: web.Request) -> web.Response:
+    async def _serve(self, request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+        return Response(200, [("Content-Type", content_type)], encoder(self.registry))
 
     def _add_class(self, code_class: int) -> _Series:
         labels = (*self._revision, f"{code_class}xx")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiohttp
+from common.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +26,21 @@ class UpstreamProber:
         self.host, self.port, self.path, self.period = host, port, path, period
         self.ready = False
         self._running: asyncio.Task[bool] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
+        self._headers = (("Host", f"{host}:{port}"), ("User-Agent", PROBE_USER_AGENT))
 
     def __repr__(self) -> str:
         target = f"http://{self.host}:{self.port}{self.path}" if self.path else f"tcp://{self.host}:{self.port}"
         return f"<UpstreamProber {target} ready={self.ready}>"
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None), headers={"User-Agent": PROBE_USER_AGENT}
-        )
+        self._pool = UpstreamPool(self.host, self.port, 2)
 
     async def close(self) -> None:
         if self._running is not None:
             self._running.cancel()
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
 
     async def probe(self) -> bool:
         if self._running is None or self._running.done():
@@ -68,8 +67,12 @@ class UpstreamProber:
                     _, writer = await asyncio.open_connection(self.host, self.port)
                     writer.close()
                     return True
-                assert self._session is not None
-                async with self._session.get(f"http://{self.host}:{self.port}{self.path}") as response:
-                    return 200 <= response.status < 400
-        except (OSError, TimeoutError, aiohttp.ClientError):
+                assert self._pool is not None
+                response = await self._pool.request("GET", self.path, self._headers, None, None)
+                try:
+                    await response.read()
+                finally:
+                    response.release()
+                return 200 <= response.status < 400
+        except (OSError, TimeoutError):
             return False

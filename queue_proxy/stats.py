@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from aiohttp import web
 
+from common.httpserver import Handler, Request, Response, get_routes
 from common.proto_gen.stat_pb2 import Stat
 
 Clock = Callable[[], float]
@@ -174,19 +174,17 @@ class StatsReporter:
             await asyncio.sleep(self.period)
             self.cut()
 
-    def app(self) -> web.Application:
-        """The stats port: ``GET /metrics`` (and ``/``) answer the last report."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._serve)
-        app.router.add_get("/", self._serve)
-        return app
+    def handler(self) -> Handler:
+        """The stats port (on :class:`common.httpserver.HttpServer`): ``GET /metrics`` (and ``/``) answer the
+        last report."""
+        return get_routes({"/metrics": self._serve, "/": self._serve})
 
-    async def _serve(self, request: web.Request) -> web.Response:
+    async def _serve(self, request: Request) -> Response:
         stat = self._last
         if prefers_json(request.headers.get("Accept", "")):
             body = orjson.dumps({name: getattr(stat, name) for name in JSON_FIELDS})
-            return web.Response(body=body, content_type="application/json")
-        return web.Response(body=stat.SerializeToString(), content_type=PROTOBUF)
+            return Response(200, [("Content-Type", "application/json")], body)
+        return Response(200, [("Content-Type", PROTOBUF)], stat.SerializeToString())
 
 
 def prefers_json(accept: str) -> bool:

@@ -6,6 +6,7 @@ URL answers 200, and on stop sends SIGTERM and waits for the exit code (killing 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,11 +15,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
+
+from common.httpserver import Handler, HttpServer
 from common.lifecycle import free_port
 
-__all__ = ["ServiceProcess", "alive", "descendants", "free_port"]
+__all__ = ["ServiceProcess", "alive", "descendants", "free_port", "lean_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,3 +143,15 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+@contextlib.asynccontextmanager
+async def lean_server(handler: Handler) -> AsyncIterator[aiohttp.ClientSession]:
+    """``handler`` served by common.httpserver on a free 127.0.0.1 port; yields a client session bound to it."""
+    server = HttpServer(handler)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
+            yield client
+    finally:
+        await server.stop(1.0)

@@ -47,8 +47,7 @@ async def start_queue_proxy() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
 
     yield start
     for proxy in proxies:
-        if proxy._runners:
-            await proxy.stop()
+        await proxy.stop()
 
 
 @pytest.fixture

@@ -48,3 +48,13 @@ def test_bad_settings_are_refused(argv, capsys):
         parse_args(argv, {})
     assert exited.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_the_queue_proxy_never_loads_aiohttp():
+    """aiohttp is ~16 MB of RSS; the queue-proxy serves every port on common.httpserver (issue 3: idle ≤ 40 MB)."""
+    import subprocess
+    import sys
+
+    code = "import sys, queue_proxy.__main__, queue_proxy.app; print(sorted(m for m in sys.modules if 'aiohttp' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

@@ -3,17 +3,20 @@ parsers, so the exposition is valid), callback gauges read at scrape time, and t
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from queue_proxy.metrics import QueueProxyMetrics
+from tests.harness import lean_server
 
 REVISION = {
-    "revision_name": "iris-00001", "namespace_name": "default", "configuration_name": "iris",
+    "revision_name": "iris-00001",
+    "namespace_name": "default",
+    "configuration_name": "iris",
     "pod_name": "iris-00001-pod",
 }
 
@@ -41,7 +44,9 @@ def bucket(text: str, name: str, code_class: str, le: str) -> float:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if (sample.name, sample.labels.get("response_code_class"), sample.labels.get("le")) == (
-                f"{name}_bucket", code_class, le,
+                f"{name}_bucket",
+                code_class,
+                le,
             ):
                 return sample.value
     raise AssertionError(f"no {name} bucket le={le} for {code_class}")
@@ -87,20 +92,22 @@ def test_gauges_read_their_functions_at_scrape_time() -> None:
 async def test_metrics_port_serves_prometheus_text_and_openmetrics() -> None:
     metrics = make_metrics()
     metrics.observe(200, 0.01, 0.005)
-    async with TestClient(TestServer(metrics.app(), host="127.0.0.1", port=0)) as client:
+    async with lean_server(metrics.handler()) as client:
         text = await scrape(client, "")
         openmetrics = await scrape(client, "application/openmetrics-text; version=1.0.0")
     assert samples(text, "queue_requests_total")["2xx"] == 1.0
     assert "process_cpu_seconds_total" in samples_names(text)  # the queue-proxy's own CPU and memory
     assert openmetrics.endswith("# EOF\n")
     counts = [
-        sample for family in parse_openmetrics(openmetrics) for sample in family.samples
+        sample
+        for family in parse_openmetrics(openmetrics)
+        for sample in family.samples
         if sample.name == "queue_requests_total" and sample.labels["response_code_class"] == "2xx"
     ]
     assert counts == [Sample("queue_requests_total", {**REVISION, "response_code_class": "2xx"}, 1.0)]
 
 
-async def scrape(client: TestClient, accept: str) -> str:
+async def scrape(client: aiohttp.ClientSession, accept: str) -> str:
     async with client.get("/metrics", headers={"Accept": accept}) as response:
         assert response.status == 200
         expected = "application/openmetrics-text" if "openmetrics" in accept else "text/plain; version=0.0.4"

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from common.proto_gen.stat_pb2 import Stat
 from queue_proxy.stats import RequestStats, StatReport, StatsReporter, prefers_json
+from tests.harness import lean_server
 
 
 class FakeClock:
@@ -115,7 +116,7 @@ def test_prefers_json(accept: str, json: bool) -> None:
     assert prefers_json(accept) is json
 
 
-async def scrape(client: TestClient, accept: str | None = None, path: str = "/metrics") -> tuple[str, bytes]:
+async def scrape(client: aiohttp.ClientSession, accept: str | None = None, path: str = "/metrics") -> tuple[str, bytes]:
     headers = {"Accept": accept} if accept else {}
     async with client.get(path, headers=headers) as response:
         assert response.status == 200
@@ -125,7 +126,7 @@ async def scrape(client: TestClient, accept: str | None = None, path: str = "/me
 async def test_stats_port_serves_the_last_cut_as_protobuf(clock: FakeClock) -> None:
     stats = RequestStats(clock)
     reporter = StatsReporter(stats, "iris-00001-deployment-abc", clock=clock)
-    async with TestClient(TestServer(reporter.app(), host="127.0.0.1", port=0)) as client:
+    async with lean_server(reporter.handler()) as client:
         content_type, body = await scrape(client, "application/protobuf")
         assert content_type == "application/protobuf"
         assert Stat.FromString(body) == Stat(pod_name="iris-00001-deployment-abc")  # before the first cut
@@ -156,7 +157,7 @@ async def test_stats_port_answers_json_when_asked(clock: FakeClock) -> None:
     stats.request_in(proxied=True)
     clock.now += 2.0
     reporter.cut()
-    async with TestClient(TestServer(reporter.app(), host="127.0.0.1", port=0)) as client:
+    async with lean_server(reporter.handler()) as client:
         async with client.get("/metrics", headers={"Accept": "application/json"}) as response:
             assert response.headers["Content-Type"] == "application/json"
             assert await response.json() == {

@@ -1,0 +1,517 @@
+"""A lean HTTP/1.1 server for the proxy hops' serving ports: asyncio protocol, httptools' C parser, one write per
+small response.
+
+Why not aiohttp's server here: the queue-proxy and the gateway do little per request (a header pass, a gate, a
+forward), and aiohttp's per-request machinery (request and response objects, payload writers, the router) was
+most of their CPU. This server keeps only what a reverse proxy needs. aiohttp still serves the admin, stats and
+metrics ports, and the model server.
+
+One connection, one request at a time (pipelined requests wait their turn, in order)::
+
+    head parsed     a :class:`Request`; a body of known length up to ``buffer_limit`` is read whole before the
+                    handler runs (``request.body``), a larger or chunked one streams (``request.stream``, with
+                    flow control: reading pauses while more than HIGH_WATER bytes wait for the handler)
+    handler         ``await handler(request)`` returns a :class:`Response`, written in one piece; or it streams
+                    with ``start_response`` / ``write`` / ``end_response`` and returns ``Response.streamed(status)``
+    after           keep-alive: the next request; else (or if the handler left the body unread) the socket closes
+
+A client that goes away cancels its handler (the proxy cancels its upstream call). An error escaping the handler
+is logged and answered 500 (or, once the response has started, the connection is cut). A malformed request gets
+400, and a head over ``max_head_bytes`` 431, and the connection is closed. :meth:`HttpServer.stop` stops listening,
+closes idle connections, lets requests in flight finish for ``grace`` seconds, then cuts the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from email.utils import formatdate
+from http import HTTPStatus
+from urllib.parse import unquote
+
+import httptools
+import orjson
+from multidict import CIMultiDict
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER = 1024 * 1024
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_SWEEP_SECONDS = 5.0
+
+
+class Response:
+    """A whole response; or, from :meth:`streamed`, the status of one the handler already wrote."""
+
+    __slots__ = ("status", "headers", "body", "sent")
+
+    def __init__(self, status: int = 200, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> None:
+        self.status = status
+        self.headers = list(headers)
+        self.body = body
+        self.sent = False
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {len(self.body)} bytes{' sent' if self.sent else ''}>"
+
+    @classmethod
+    def text(cls, text: str, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        return cls(status, [("Content-Type", "text/plain; charset=utf-8"), *headers], text.encode())
+
+    @classmethod
+    def json(cls, value: object, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        return cls(status, [("Content-Type", "application/json"), *headers], orjson.dumps(value))
+
+    @classmethod
+    def error(cls, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        """servelane's error body, as common.http.error_response writes it: ``{"error": message}``."""
+        return cls.json({"error": message}, status, headers)
+
+    @classmethod
+    def streamed(cls, status: int) -> Response:
+        response = cls(status)
+        response.sent = True
+        return response
+
+
+class BodyStream:
+    """A request body as it arrives: ``async for chunk in stream.iter_any()`` (the upstream client's interface)."""
+
+    __slots__ = ("_conn", "_chunks", "_buffered", "_done", "_error", "_waiter", "_continue")
+
+    def __init__(self, conn: _Connection, expect_continue: bool) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._continue = expect_continue
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER:
+            self._conn.pause_reading()
+        self._wake()
+
+    def end(self, error: BaseException | None = None) -> None:
+        self._done = True
+        self._error = error
+        self._wake()
+
+    @property
+    def done(self) -> bool:
+        return self._done and self._error is None
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        if self._continue:  # the client waits for this before it sends the body
+            self._continue = False
+            self._conn.write(_CONTINUE)
+        while True:
+            while self._chunks:
+                piece = self._chunks.popleft()
+                self._buffered -= len(piece)
+                if self._buffered <= HIGH_WATER // 2:
+                    self._conn.resume_reading()
+                yield piece
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return
+            self._waiter = self._conn.loop.create_future()
+            await self._waiter
+            self._waiter = None
+
+    async def read(self) -> bytes:
+        return b"".join([piece async for piece in self.iter_any()])
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class Request:
+    """One request: its head, its body (``body`` when read whole, else ``stream``), and the response's writer."""
+
+    __slots__ = ("method", "target", "headers", "version", "keep_alive", "body", "stream", "content_length",
+                 "complete", "_conn", "_started", "_chunked", "_head_only", "_buffer")  # fmt: skip
+
+    def __init__(self, conn: _Connection, method: str, target: str, headers: CIMultiDict[str], version: str) -> None:
+        self._conn = conn
+        self.method = method
+        self.target = target  # as sent: path and query, still percent-encoded
+        self.headers = headers
+        self.version = version
+        self.keep_alive = True
+        self.body: bytes | None = None
+        self.stream: BodyStream | None = None
+        self.content_length: int | None = None
+        self.complete = False  # the whole message (body included) has been read from the socket
+        self._started = False
+        self._chunked = False
+        self._head_only = method == "HEAD"
+        self._buffer: list[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target}>"
+
+    @property
+    def path(self) -> str:
+        """The path, percent-decoded (for routing); ``target`` is what goes upstream, as sent."""
+        path = self.target.partition("?")[0]
+        return unquote(path) if "%" in path else path
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("Host", "")
+
+    @property
+    def remote(self) -> str:
+        return self._conn.remote
+
+    @property
+    def scheme(self) -> str:
+        return "http"
+
+    @property
+    def response_started(self) -> bool:
+        return self._started
+
+    # -- writing a response in pieces --------------------------------------------------------------------------
+    def start_response(self, status: int, headers: Iterable[tuple[str, str]], length: int | None = None) -> None:
+        """Write the head; the body follows with :meth:`write` (chunked when ``length`` is None)."""
+        self._started = True
+        framing = []
+        if self._head_only or status in (204, 304):
+            pass
+        elif length is not None:
+            framing.append(("Content-Length", str(length)))
+        else:
+            self._chunked = True
+            framing.append(("Transfer-Encoding", "chunked"))
+        self.keep_alive = self.keep_alive and not self._conn.server.closing
+        self._conn.write(self._conn.head(status, headers, framing, self.keep_alive))
+
+    async def write(self, data: bytes) -> None:
+        if not data or self._head_only:
+            return
+        self._conn.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        await self._conn.drained()
+
+    async def end_response(self) -> None:
+        if self._chunked and not self._head_only:
+            self._conn.write(b"0\r\n\r\n")
+        await self._conn.drained()
+
+    def abort(self) -> None:
+        """Cut the connection: a response that broke off after it started reaches the client as truncated."""
+        self._conn.abort()
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def get_routes(routes: dict[str, Handler]) -> Handler:
+    """A handler for a small port (admin, stats, metrics): GET (and HEAD) of these paths; 404 and 405 otherwise."""
+
+    async def route(request: Request) -> Response:
+        handler = routes.get(request.path)
+        if handler is None:
+            return Response.error(404, f"no such path: {request.path}")
+        if request.method not in ("GET", "HEAD"):
+            return Response.error(405, f"{request.method} is not allowed here", [("Allow", "GET, HEAD")])
+        return await handler(request)
+
+    return route
+
+
+class HttpServer:
+    def __init__(
+        self, handler: Handler, *, buffer_limit: int = 256 * 1024, keepalive_timeout: float = 75.0,
+        max_head_bytes: int = 64 * 1024,
+    ) -> None:  # fmt: skip
+        self.handler = handler
+        self.buffer_limit = buffer_limit
+        self.keepalive_timeout = keepalive_timeout
+        self.max_head_bytes = max_head_bytes
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.connections: set[_Connection] = set()
+        self.closing = False
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._date = (0, b"")
+
+    def __repr__(self) -> str:
+        return f"<HttpServer connections={len(self.connections)} closing={self.closing}>"
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: a free port); returns the port."""
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        self._sweeper = self.loop.call_later(_SWEEP_SECONDS, self._sweep)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float) -> None:
+        """Stop listening, close idle connections, give requests in flight ``grace`` seconds, cut the rest."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+        busy = [c.finished for c in self.connections]
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
+        for conn in list(self.connections):
+            conn.abort()
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self._date[0]:
+            self._date = (now, formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+    def _sweep(self) -> None:
+        """Close keep-alive connections idle for longer than ``keepalive_timeout``."""
+        assert self.loop is not None
+        cutoff = self.loop.time() - self.keepalive_timeout
+        for conn in list(self.connections):
+            if conn.idle and conn.last_used < cutoff:
+                conn.close()
+        self._sweeper = self.loop.call_later(_SWEEP_SECONDS, self._sweep)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.loop: asyncio.AbstractEventLoop = server.loop  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.remote = ""
+        self.current: Request | None = None  # being parsed
+        self.pending: deque[Request] = deque()  # parsed, waiting for the one in the handler
+        self.active: asyncio.Task[None] | None = None
+        self.finished: asyncio.Future[None] = self.loop.create_future()  # set when the connection is gone
+        self.last_used = self.loop.time()
+        self._url: list[bytes] = []
+        self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._writable: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._closed = False
+
+    @property
+    def idle(self) -> bool:
+        return self.active is None and self.current is None and not self.pending
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else ""
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported here")
+        except httptools.HttpParserError as exc:  # our callbacks' exceptions come wrapped in it too
+            if self._head_bytes > self.server.max_head_bytes:
+                self._refuse(431, "request head too large")
+            elif not self._closed:
+                self._refuse(400, f"malformed request: {exc}")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._closed = True
+        self.server.connections.discard(self)
+        if self.active is not None and not self.active.done():
+            self.active.cancel()  # the client went away: so does its request
+        for request in (self.current, *self.pending):
+            if request is not None and request.stream is not None:
+                request.stream.end(ConnectionResetError("the client closed the connection"))
+        self.pending.clear()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_exception(ConnectionResetError("the client closed the connection"))
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    # -- httptools callbacks -----------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._head_bytes = [], [], 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._grow(len(name) + len(value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        request = Request(
+            self, parser.get_method().decode(), b"".join(self._url).decode("latin-1"), CIMultiDict(self._headers),
+            parser.get_http_version(),
+        )  # fmt: skip
+        request.keep_alive = parser.should_keep_alive() and not self.server.closing
+        headers = request.headers
+        length = headers.get("Content-Length")
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        request.content_length = int(length) if length is not None and length.isdigit() else None
+        self.current = request
+        if not chunked and not request.content_length:
+            return  # no body: dispatched when the message completes, at once
+        expect = headers.get("Expect", "").lower() == "100-continue"
+        if not chunked and request.content_length <= self.server.buffer_limit:  # type: ignore[operator]
+            request._buffer = []
+            if expect:
+                self.write(_CONTINUE)
+            return
+        request.stream = BodyStream(self, expect)
+        self._dispatch(request)
+
+    def on_body(self, body: bytes) -> None:
+        request = self.current
+        if request is None:
+            return
+        if request.stream is not None:
+            request.stream.feed(body)
+        elif request._buffer is not None:
+            request._buffer.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self.current
+        self.current = None
+        if request is None:
+            return
+        request.complete = True
+        if request.stream is not None:
+            request.stream.end()
+            return
+        if request._buffer is not None:
+            request.body = b"".join(request._buffer)
+            request._buffer = None
+        self._dispatch(request)
+
+    # -- running requests, one at a time -----------------------------------------------------------------------
+    def _dispatch(self, request: Request) -> None:
+        if self.active is None:
+            self.active = self.loop.create_task(self._run(request))
+        else:
+            self.pending.append(request)
+            if len(self.pending) > 16:  # a client pipelining far ahead waits
+                self.pause_reading()
+
+    async def _run(self, request: Request) -> None:
+        try:
+            response = await self.server.handler(request)
+            if not response.sent:
+                request.keep_alive = request.keep_alive and not self.server.closing
+                self.write(
+                    self.head(
+                        response.status, response.headers, _length(request, response), request.keep_alive, local=True
+                    )
+                    + (b"" if request._head_only else response.body)
+                )
+        except asyncio.CancelledError:
+            request.keep_alive = False
+            raise
+        except Exception:
+            log.exception("unhandled error serving %s %s", request.method, request.path)
+            request.keep_alive = False
+            if request.response_started:
+                self.abort()
+            else:
+                failure = Response.error(500, "Internal server error")
+                self.write(self.head(500, failure.headers, _length(request, failure), False, local=True) + failure.body)
+        finally:
+            self._finished(request)
+
+    def _finished(self, request: Request) -> None:
+        self.active = None
+        self.last_used = self.loop.time()
+        if self._closed:
+            return
+        if not request.keep_alive or not request.complete or self.server.closing:
+            self.close()
+            return
+        if self.pending:
+            self.resume_reading()
+            self.active = self.loop.create_task(self._run(self.pending.popleft()))
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    def head(
+        self, status: int, headers: Iterable[tuple[str, str]], framing: list[tuple[str, str]], keep_alive: bool,
+        *, local: bool = False,
+    ) -> bytes:  # fmt: skip
+        lines = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        lines += [f"{k}: {v}\r\n".encode("latin-1") for k, v in (*headers, *framing)]
+        if local:
+            lines.append(b"Date: %b\r\nServer: servelane\r\n" % self.server.date())
+        if not keep_alive:
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    async def drained(self) -> None:
+        if self._writable is not None:
+            await self._writable
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self._closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self._closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self._closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self._closed = True
+            self.transport.abort()
+
+    def _grow(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.server.max_head_bytes:
+            raise ValueError("request head too large")
+
+    def _refuse(self, status: int, message: str) -> None:
+        response = Response.error(status, message)
+        self.write(
+            self.head(status, response.headers, [("Content-Length", str(len(response.body)))], False, local=True)
+            + response.body
+        )
+        self.close()
+
+
+def _length(request: Request, response: Response) -> list[tuple[str, str]]:
+    if response.status in (204, 304) or (response.status < 200):
+        return []
+    return [("Content-Length", str(len(response.body)))]
