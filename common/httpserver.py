@@ -45,15 +45,19 @@ _SWEEP_SECONDS = 5.0
 
 
 class Response:
-    """A whole response; or, from :meth:`streamed`, the status of one the handler already wrote."""
+    """A whole response; or, from :meth:`streamed`, the status of one the handler already wrote. ``local``: made
+    here, so the server adds ``Date`` and ``Server``; a proxied answer (``local=False``) keeps the upstream's."""
 
-    __slots__ = ("status", "headers", "body", "sent")
+    __slots__ = ("status", "headers", "body", "sent", "local")
 
-    def __init__(self, status: int = 200, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> None:
+    def __init__(
+        self, status: int = 200, headers: Iterable[tuple[str, str]] = (), body: bytes = b"", *, local: bool = True
+    ) -> None:
         self.status = status
         self.headers = list(headers)
         self.body = body
         self.sent = False
+        self.local = local
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {len(self.body)} bytes{' sent' if self.sent else ''}>"
@@ -425,7 +429,11 @@ class _Connection(asyncio.Protocol):
                 request.keep_alive = request.keep_alive and not self.server.closing
                 self.write(
                     self.head(
-                        response.status, response.headers, _length(request, response), request.keep_alive, local=True
+                        response.status,
+                        response.headers,
+                        _length(request, response),
+                        request.keep_alive,
+                        local=response.local,
                     )
                     + (b"" if request._head_only else response.body)
                 )

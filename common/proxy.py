@@ -121,7 +121,7 @@ class ProxyClient:
                 out = response_headers(answer.headers, timing, reply_headers)
                 size = answer.content_length
                 if answer.complete or (size is not None and size <= self.buffer_limit and not _is_stream(answer)):
-                    return Response(answer.status, out, await answer.read())
+                    return Response(answer.status, out, await answer.read(), local=False)
                 request.start_response(answer.status, out, size)
                 async for chunk in answer.chunks():
                     await request.write(chunk)

@@ -173,8 +173,9 @@ async def test_request_body_streams_both_ways(upstream, start_queue_proxy, clien
             assert response.headers["X-Length"] == str(len(expected))
 
 
-@pytest.mark.parametrize("path,first,second", [("/chunked", b"first;", b"second"),
-                                               ("/sse", b"data: one\n\n", b"data: two\n\n")])
+@pytest.mark.parametrize(
+    "path,first,second", [("/chunked", b"first;", b"second"), ("/sse", b"data: one\n\n", b"data: two\n\n")]
+)
 async def test_streamed_responses_arrive_chunk_by_chunk(upstream, start_queue_proxy, client, path, first, second):
     qp = await start_queue_proxy(upstream.port)
     async with client.get(url(qp, path)) as response:
@@ -279,8 +280,9 @@ async def test_drain_waits_for_quiet_then_in_flight_requests(upstream, start_que
 # -- stats and metrics -------------------------------------------------------------------------------------------
 async def test_stats_count_requests_proxied_ones_and_queued_ones(upstream, start_queue_proxy, client):
     qp = await start_queue_proxy(upstream.port, container_concurrency=1)
-    held = [asyncio.create_task(fetch(client, url(qp, "/hold"), headers={"K-Proxy-Request": "activator"}))
-            for _ in range(3)]
+    held = [
+        asyncio.create_task(fetch(client, url(qp, "/hold"), headers={"K-Proxy-Request": "activator"})) for _ in range(3)
+    ]
     for _ in range(200):
         if upstream.running == 1 and qp.breaker.waiting == 2:
             break
@@ -313,8 +315,9 @@ async def test_oversized_body_gets_the_model_servers_413_through_the_proxy(
     server = await start_model_server(iris_repository, max_request_bytes=64 * 1024)
     qp = await start_queue_proxy(server.http_port)
     body = b'{"instances": [' + b"[1, 2, 3, 4], " * 200_000 + b"[1, 2, 3, 4]]}"  # ~2.8 MB: streamed upstream
-    async with client.post(url(qp, "/v1/models/sklearn-iris:predict"), data=io.BytesIO(body),
-                           headers={"Content-Type": "application/json"}) as response:
+    async with client.post(
+        url(qp, "/v1/models/sklearn-iris:predict"), data=io.BytesIO(body), headers={"Content-Type": "application/json"}
+    ) as response:
         assert response.status == 413
         assert "limit" in (await response.json())["error"]
 
@@ -324,6 +327,19 @@ async def test_oversized_body_gets_the_model_servers_413_through_the_proxy(
 
     async with client.post(url(qp, "/v1/models/sklearn-iris:predict"), data=chunks()) as response:
         assert response.status == 413  # no length up front: the model server stops reading at its limit
-    async with client.post(url(qp, "/v1/models/sklearn-iris:predict"),
-                           json={"instances": [[6.8, 2.8, 4.8, 1.4]]}) as response:
+    async with client.post(
+        url(qp, "/v1/models/sklearn-iris:predict"), json={"instances": [[6.8, 2.8, 4.8, 1.4]]}
+    ) as response:
         assert response.status == 200 and await response.json() == {"predictions": [1]}
+
+
+async def test_a_proxied_answer_keeps_the_upstreams_date_and_server_once(upstream, start_queue_proxy, client):
+    qp = await start_queue_proxy(upstream.port)
+    async with client.get(url(qp, "/headers")) as response:
+        assert response.status == 200
+        assert len(response.headers.getall("Date")) == 1
+        assert response.headers.getall("Server") == [
+            f"Python/3.{__import__('sys').version_info.minor} aiohttp/{aiohttp.__version__}"
+        ]
+    async with client.get(url(qp, "/"), headers={"User-Agent": "kube-probe/1.29"}) as response:  # answered here
+        assert response.headers.getall("Server") == ["servelane"] and len(response.headers.getall("Date")) == 1
