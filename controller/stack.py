@@ -96,8 +96,8 @@ class Stack:
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 if self._gateway.returncode is not None:
-                    code = self._gateway.returncode
-                    raise RuntimeError(f"the gateway exited ({code}); see {self.log_dir}/gateway.log")
+                    said = (self.log_dir / "gateway.log").read_text(errors="replace").strip().splitlines()[-1:]
+                    raise RuntimeError(f"the gateway exited ({self._gateway.returncode}): {' '.join(said)}")
                 try:
                     async with http.get(f"http://127.0.0.1:{self.gateway_admin}/healthz") as response:
                         if response.status == 200:

@@ -58,10 +58,17 @@ def up(argv: Sequence[str]) -> int:
         print(f"servelane up: {exc.message}", file=sys.stderr)
         return 2
     logs.configure(args.log_level, "controller")
-    return run_service(lambda stop: _up(args, specs, stop))
+    failed: list[str] = []
+    run_service(lambda stop: _up(args, specs, stop, failed))
+    if failed:
+        print(f"servelane up: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
-async def _up(args: argparse.Namespace, specs: list[InferenceServiceSpec], stop: asyncio.Event) -> None:
+async def _up(
+    args: argparse.Namespace, specs: list[InferenceServiceSpec], stop: asyncio.Event, failed: list[str]
+) -> None:
     from controller.stack import Stack  # the heavy imports (aiohttp, the scaler) only when serving
 
     stack = Stack(
@@ -74,7 +81,11 @@ async def _up(args: argparse.Namespace, specs: list[InferenceServiceSpec], stop:
     )
     started = time.monotonic()
     try:
-        await stack.start()
+        try:
+            await stack.start()
+        except (RuntimeError, OSError) as exc:  # a port taken, the gateway not starting: said once, plainly
+            failed.append(str(exc))
+            return
         say(f"controller admin API on http://127.0.0.1:{stack.admin_port}; logs in {stack.log_dir}")
         say(f"gateway on http://{args.host}:{args.port} (gRPC {args.host}:{args.grpc_port})")
         for applied in await stack.controller.apply(specs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,10 +46,15 @@ class Up:
         assert code == 0, err
         return json.loads(out)
 
-    def stop(self, timeout: float = 60.0) -> tuple[int, list[int]]:
-        """SIGTERM ``up``; its exit code, and the processes it had below it that are still alive after."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> tuple[int, list[int]]:
+        """Signal ``up`` (SIGTERM, or SIGINT as a terminal's Ctrl-C sends it); its exit code, and the processes it
+        had below it that are still alive after."""
         below = self.process.descendants()
-        code = self.process.stop(timeout)
+        self.process.signal(sig)
+        try:
+            self.process.wait(timeout)
+        finally:
+            code = self.process.stop(5)  # closes the log; SIGTERM and SIGKILL only if it is somehow still running
         return code, [pid for pid in below if alive(pid)]
 
 

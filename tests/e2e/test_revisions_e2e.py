@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import signal
 import time
 from pathlib import Path
 
@@ -111,5 +112,5 @@ async def test_reapply_under_load_canary_split_and_tags(servelane_up, tmp_path: 
             tagged = {await answer(http, {"Host": host}) for _ in range(20)}
             assert tagged == {(200, expected)}, (host, tagged)
 
-    code, still_alive = up.stop()
+    code, still_alive = up.stop(signal.SIGINT)  # Ctrl-C
     assert code == 0 and still_alive == []

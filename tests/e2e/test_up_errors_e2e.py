@@ -1,0 +1,63 @@
+"""``servelane up`` refusing to start: a bad spec names its field before anything starts; a gateway port already
+taken is said plainly, with exit code 1 and no process left behind."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.harness import ROOT, ServiceProcess, alive, free_port
+
+
+def test_a_bad_spec_stops_up_before_anything_starts(tmp_path: Path):
+    spec = (ROOT / "examples" / "sklearn-iris.yaml").read_text().replace("name: onnx", "name: sklearn")
+    (tmp_path / "bad.yaml").write_text(spec)
+    out = subprocess.run(
+        [sys.executable, "-m", "servelane", "up", str(tmp_path / "bad.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "spec.predictor.model.modelFormat.name" in out.stderr and "ONNX" in out.stderr
+
+
+def test_a_taken_gateway_port_is_an_error_and_leaves_nothing(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        up = ServiceProcess(
+            "servelane",
+            "up",
+            str(ROOT / "examples"),
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--admin-port",
+            str(free_port()),
+            "--log-dir",
+            str(tmp_path),
+        ).start()
+        try:
+            assert up.wait(60) == 1
+        finally:
+            up.stop()
+    assert "servelane up: the gateway exited (1)" in up.output()
+    assert _processes_with(f"--port\0{port}\0") == []  # no gateway left over
+
+
+def _processes_with(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_text(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
