@@ -159,12 +159,10 @@ def _lines(report: dict) -> list[tuple[str, str]]:
         for component, revisions in service["components"].items():
             for r in revisions:
                 ready = sum(x["ready"] for x in r["replicas"])
+                restarts = sum(x["restarts"] for x in r["replicas"])
                 state = "ready" if ready >= r["desired"] > 0 else "starting"
-                out.append(
-                    (
-                        r["revision"],
-                        f"{service['namespace']}/{service['name']} {component} {r['revision']}: "
-                        f"{ready}/{r['desired']} replicas ready ({state})",
-                    )
-                )
+                if restarts:  # a replica that keeps dying: say so, and where its output is
+                    state += f", {restarts} restart{'s' if restarts > 1 else ''}: see its logs"
+                line = f"{service['namespace']}/{service['name']} {component} {r['revision']}: "
+                out.append((r["revision"], line + f"{ready}/{r['desired']} replicas ready ({state})"))
     return out

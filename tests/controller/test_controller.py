@@ -178,3 +178,25 @@ async def test_removing_a_component_is_refused_and_changes_nothing(setup, tmp_pa
     with pytest.raises(SpecError, match="removing components"):
         await apply(controller, spec(tmp_path, 2))
     assert controller.state.version == version
+
+
+def test_up_progress_lines_say_when_a_replica_keeps_restarting():
+    from controller.stack import _lines
+
+    replica = {"ready": False, "restarts": 2}
+    report = {
+        "services": [
+            {
+                "namespace": "default",
+                "name": "adder",
+                "components": {
+                    "predictor": [{"revision": "adder-predictor-00001", "desired": 1, "replicas": [replica]}]
+                },
+            }
+        ]
+    }
+    ((key, line),) = _lines(report)
+    assert key == "adder-predictor-00001"
+    assert (
+        line == "default/adder predictor adder-predictor-00001: 0/1 replicas ready (starting, 2 restarts: see its logs)"
+    )
