@@ -36,6 +36,8 @@ import httptools
 import orjson
 from multidict import CIMultiDict
 
+from common.upstream import WriteFlow
+
 log = logging.getLogger(__name__)
 
 HIGH_WATER = 1024 * 1024
@@ -307,7 +309,7 @@ class _Connection(asyncio.Protocol):
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
-        self._writable: asyncio.Future[None] | None = None
+        self._flow = WriteFlow(self.loop)
         self._reading_paused = False
         self._closed = False
 
@@ -342,18 +344,15 @@ class _Connection(asyncio.Protocol):
             if request is not None and request.stream is not None:
                 request.stream.end(ConnectionResetError("the client closed the connection"))
         self.pending.clear()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_exception(ConnectionResetError("the client closed the connection"))
+        self._flow.fail(ConnectionResetError("the client closed the connection"))
         if not self.finished.done():
             self.finished.set_result(None)
 
     def pause_writing(self) -> None:
-        self._writable = self.loop.create_future()
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        self._writable = None
+        self._flow.resume()
 
     # -- httptools callbacks -----------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -482,8 +481,7 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
 
     async def drained(self) -> None:
-        if self._writable is not None:
-            await self._writable
+        await self._flow.drained()
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self._closed:

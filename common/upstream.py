@@ -33,6 +33,35 @@ class StreamedBody(Protocol):
     def iter_any(self) -> AsyncIterator[bytes]: ...
 
 
+class WriteFlow:
+    """A protocol's write flow control as something to await: asyncio calls ``pause_writing`` /
+    ``resume_writing`` on the protocol, which hands them here; a writer awaits :meth:`drained` after each write.
+    Shared by both ends of the proxy core (this client and common.httpserver)."""
+
+    __slots__ = ("_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+
+    def pause(self) -> None:
+        self._waiter = self._loop.create_future()
+
+    def resume(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+    def fail(self, exc: BaseException) -> None:
+        """The connection is gone: a writer waiting for room gets ``exc``."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
+    async def drained(self) -> None:
+        if self._waiter is not None:
+            await self._waiter
+
+
 class UpstreamClosed(ConnectionError):
     """The upstream closed the connection before the response was complete."""
 
@@ -47,7 +76,7 @@ class _Connection(asyncio.Protocol):
         self.lost: BaseException | None = None
         self.used = False
         self._head: asyncio.Future[None] | None = None
-        self._writable: asyncio.Future[None] | None = None
+        self._flow = WriteFlow(loop)
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -62,16 +91,13 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._fail(exc or UpstreamClosed("connection closed before the response was complete"))
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_exception(self.lost)  # type: ignore[arg-type]
+        self._flow.fail(self.lost)  # type: ignore[arg-type]
 
     def pause_writing(self) -> None:
-        self._writable = self.loop.create_future()
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        self._writable = None
+        self._flow.resume()
 
     # -- httptools callbacks ---------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -120,8 +146,7 @@ class _Connection(asyncio.Protocol):
             if self.transport.is_closing():  # the upstream answered early (a 413, say) and closed: stop sending
                 return
             self.transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
-            if self._writable is not None:
-                await self._writable
+            await self._flow.drained()
         if chunked:
             self.transport.write(b"0\r\n\r\n")
 
@@ -153,8 +178,18 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """The response head at once; the body read whole or chunk by chunk, as the parser delivers it."""
 
-    __slots__ = ("_conn", "head_only", "status", "headers", "complete", "keep_alive", "buffered", "_chunks",
-                 "_waiter", "_released")
+    __slots__ = (
+        "_conn",
+        "head_only",
+        "status",
+        "headers",
+        "complete",
+        "keep_alive",
+        "buffered",
+        "_chunks",
+        "_waiter",
+        "_released",
+    )
 
     def __init__(self, conn: _Connection, head_only: bool) -> None:
         self._conn = conn
@@ -237,7 +272,11 @@ class UpstreamPool:
         return f"<UpstreamPool {self.host}:{self.port} idle={len(self._idle)}>"
 
     async def request(
-        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | StreamedBody | None,
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | StreamedBody | None,
         length: int | None,
     ) -> UpstreamResponse:
         chunked = body is not None and not isinstance(body, bytes) and length is None
@@ -285,8 +324,12 @@ class UpstreamPool:
 
 
 def _head(
-    method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | StreamedBody | None,
-    length: int | None, chunked: bool,
+    method: str,
+    target: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes | StreamedBody | None,
+    length: int | None,
+    chunked: bool,
 ) -> bytes:
     lines = [f"{method} {target} HTTP/1.1\r\n"]
     lines.extend(f"{name}: {value}\r\n" for name, value in headers)
