@@ -151,18 +151,8 @@ def serving(work: Path) -> Iterator[Stack]:
     """``servelane up examples/`` and the standalone predictor, ready; then both stopped, ``up`` by SIGTERM, and
     whatever was left below it reported (in the stack's notes) and killed."""
     port, admin = free_port(), free_port()
-    up = ServiceProcess(
-        "servelane",
-        "up",
-        str(ROOT / "examples"),
-        "--port",
-        str(port),
-        "--grpc-port",
-        str(free_port()),
-        "--admin-port",
-        str(admin),
-        "--log-dir",
-        str(work / "logs"),
+    up = ServiceProcess.servelane_up(
+        ROOT / "examples", port=port, grpc_port=free_port(), admin_port=admin, log_dir=work / "logs"
     ).start()
     notes: list[str] = []
     try:

@@ -42,6 +42,16 @@ class ServiceProcess:
         process.argv = list(argv)
         return process
 
+    @classmethod
+    def servelane_up(
+        cls, *paths: Path | str, port: int, grpc_port: int, admin_port: int, log_dir: Path
+    ) -> ServiceProcess:
+        """``servelane up PATHS`` on the given ports (tests and the stack benchmark)."""
+        return cls(
+            "servelane", "up", *map(str, paths), "--port", str(port), "--grpc-port", str(grpc_port),
+            "--admin-port", str(admin_port), "--log-dir", str(log_dir),
+        )  # fmt: skip
+
     def __repr__(self) -> str:
         state = "not started" if self.proc is None else f"pid={self.proc.pid} rc={self.proc.poll()}"
         shown = self.argv[2:] if self.argv[0] == sys.executable else self.argv

@@ -64,18 +64,8 @@ def servelane_up(tmp_path: Path) -> Iterator:
 
     def start(*paths: Path | str, ready_timeout: float = 90.0) -> Up:
         port, grpc_port, admin_port = free_port(), free_port(), free_port()
-        process = ServiceProcess(
-            "servelane",
-            "up",
-            *map(str, paths),
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(grpc_port),
-            "--admin-port",
-            str(admin_port),
-            "--log-dir",
-            str(tmp_path / f"logs-{len(started)}"),
+        process = ServiceProcess.servelane_up(
+            *paths, port=port, grpc_port=grpc_port, admin_port=admin_port, log_dir=tmp_path / f"logs-{len(started)}"
         ).start()
         up = Up(process, port, grpc_port, admin_port)
         started.append(up)

@@ -29,18 +29,8 @@ def test_a_taken_gateway_port_is_an_error_and_leaves_nothing(tmp_path: Path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        up = ServiceProcess(
-            "servelane",
-            "up",
-            str(ROOT / "examples"),
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(free_port()),
-            "--admin-port",
-            str(free_port()),
-            "--log-dir",
-            str(tmp_path),
+        up = ServiceProcess.servelane_up(
+            ROOT / "examples", port=port, grpc_port=free_port(), admin_port=free_port(), log_dir=tmp_path
         ).start()
         try:
             assert up.wait(60) == 1
