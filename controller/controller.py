@@ -220,26 +220,20 @@ class Controller:
             for name, component in record.components.items():
                 targets = _traffic(component, self._ready)
                 components[name] = targets
+                records = {r.name: r for r in component.revisions}
                 for target in targets:
-                    revisions[target.revision] = self._revision(record.spec, name, target.revision)
+                    revisions[target.revision] = self._revision(record.spec, records[target.revision])
             spec = record.spec
             services.append(Service(spec.name, spec.namespace, spec.entry, components, (spec.model_name,)))
         return RoutingState(version, self.domain, tuple(services), revisions)
 
-    def _revision(self, spec: InferenceServiceSpec, component: str, name: str) -> Revision:
-        record = next(
-            r for r in self._services[(spec.name, spec.namespace)].components[component].revisions if r.name == name
-        )
-        endpoints = tuple(Endpoint(r.http, r.grpc, r.ready) for r in self.scaler.replicas(name))
+    def _revision(self, spec: InferenceServiceSpec, record: RevisionRecord) -> Revision:
+        endpoints = tuple(Endpoint(r.http, r.grpc, r.ready) for r in self.scaler.replicas(record.name))
+        component = record.spec
         return Revision(
-            name,
-            spec.namespace,
-            spec.name,
-            component,
-            endpoints,
-            record.spec.container_concurrency,
-            record.spec.timeout,
-        )
+            record.name, spec.namespace, spec.name, component.component, endpoints, component.container_concurrency,
+            component.timeout,
+        )  # fmt: skip
 
     def _ready(self, revision: str) -> bool:
         return any(r.ready for r in self.scaler.replicas(revision))
