@@ -28,12 +28,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from common.errors import ServelaneError, Unavailable
-from common.http import error_response, json_response
-from common.httpserver import HttpServer, Request, Response
-from common.lifecycle import bound_port, start_http
+from common.httpserver import Handler, HttpServer, Request, Response, get_routes
 from common.proxy import ProxyClient, Timeouts, upstream_headers
 from gateway.balancer import LeastOutstanding
 from gateway.config import SERVER_NAME, SERVER_VERSION, GatewayConfig
@@ -62,11 +58,16 @@ class Gateway:
         self.backends = LeastOutstanding(self.rng)
         self.metrics = GatewayMetrics(self.backends.in_flight, lambda: -1 if self.state is None else self.state.version)
         self.client = ProxyClient("gateway")
-        self.http = HttpServer(self.handle)  # bodies stream through; the model server enforces its limit
+        # Every port on the lean server; bodies stream through the serving one (the model server enforces its limit).
+        self.servers = {
+            "http": HttpServer(self.handle),
+            "admin": HttpServer(self.admin_handler()),
+            "metrics": HttpServer(self.metrics.handler()),
+        }
         self.grpc: GrpcProxy | None = None
         self.source: FileSource | ControllerSource | None = None
         self.ports: dict[str, int] = {}
-        self._runners: dict[str, web.AppRunner] = {}
+        self.running = False
 
     def __repr__(self) -> str:
         return f"<Gateway ports={self.ports} {self.table!r}>"
@@ -96,13 +97,10 @@ class Gateway:
 
     async def _listen(self) -> None:
         c = self.config
+        self.running = True
         await self.client.start()
-        self.ports["http"] = await self.http.start(c.host, c.port)
-        apps = {"admin": (self.admin_app(), c.admin_port), "metrics": (self.metrics.app(), c.metrics_port)}
-        for name, (app, port) in apps.items():
-            runner = await start_http(app, c.host, port, shutdown_timeout=c.grace_period)
-            self._runners[name] = runner
-            self.ports[name] = bound_port(runner)
+        for name, port in (("http", c.port), ("admin", c.admin_port), ("metrics", c.metrics_port)):
+            self.ports[name] = await self.servers[name].start(c.host, port)
         if c.grpc_port >= 0:
             self.ports["grpc"] = await self._start_grpc()
 
@@ -124,15 +122,17 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop taking routes, close the listeners at once, let requests in flight finish, close the rest."""
+        if not self.running:
+            return
+        self.running = False
         if self.source is not None:
             await self.source.stop()
-        stopping = [self.http.stop(self.config.grace_period)]
+        stopping = [self.servers["http"].stop(self.config.grace_period)]
         if self.grpc is not None:
             stopping.append(self.grpc.stop(self.config.grace_period))
         await asyncio.gather(*stopping)
-        for runner in self._runners.values():
-            await runner.cleanup()
-        self._runners.clear()
+        for name in ("admin", "metrics"):
+            await self.servers[name].stop(1.0)
         await self.client.close()
         log.info("gateway stopped")
 
@@ -192,25 +192,21 @@ class Gateway:
         return Response(200, reply.items())  # live, and ready: a routing state is in force, or we would not be here
 
     # -- admin -------------------------------------------------------------------------------------------------
-    def admin_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/routing", self._routing)
-        return app
+    def admin_handler(self) -> Handler:
+        return get_routes({"/healthz": self._healthz, "/readyz": self._readyz, "/routing": self._routing})
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+    async def _healthz(self, request: Request) -> Response:
+        return Response.text("ok")
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    async def _readyz(self, request: Request) -> Response:
         if self.state is None:
-            return error_response(503, "no routing state yet")
-        return web.Response(text=f"ready: routing state version {self.state.version}")
+            return Response.error(503, "no routing state yet")
+        return Response.text(f"ready: routing state version {self.state.version}")
 
-    async def _routing(self, request: web.Request) -> web.Response:
+    async def _routing(self, request: Request) -> Response:
         if self.state is None:
-            return error_response(503, "no routing state yet")
-        return json_response(self.state.to_dict())
+            return Response.error(503, "no routing state yet")
+        return Response.json(self.state.to_dict())
 
 
 def _error(status: int, message: str, reply: dict[str, str]) -> Response:

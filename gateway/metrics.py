@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from common.httpserver import Handler, Request, Response, get_routes
 from common.metrics import HistogramChild, LoopHistogram
 from gateway.state import Revision
 
@@ -85,15 +85,13 @@ class GatewayMetrics:
             self.requests.remove(*values)
             self.duration.remove(*values)
 
-    def app(self) -> web.Application:
+    def handler(self) -> Handler:
         """The metrics port: ``GET /metrics`` in Prometheus text, or OpenMetrics when the scraper asks for it."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._serve)
-        return app
+        return get_routes({"/metrics": self._serve})
 
-    async def _serve(self, request: web.Request) -> web.Response:
+    async def _serve(self, request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+        return Response(200, [("Content-Type", content_type)], encoder(self.registry))
 
 
 class _InFlight:

@@ -25,11 +25,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import yaml
 
 from common.errors import InvalidInput
+from common.upstream import UpstreamPool
 from gateway.state import RoutingState
 
 log = logging.getLogger(__name__)
@@ -136,13 +137,16 @@ class ControllerSource(_Task):
         return f"<ControllerSource {self.url} version={self.version}{' outage' if self.outage else ''}>"
 
     async def run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.wait + 10, connect=5)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            backoff = FIRST_BACKOFF
+        parts = urlsplit(self.url)
+        pool = UpstreamPool(parts.hostname or "127.0.0.1", parts.port or 80, 1)
+        headers = (("Host", parts.netloc), ("Accept", "application/json"))
+        backoff = FIRST_BACKOFF
+        try:
             while True:
                 try:
-                    progressed = await self._poll(session)
-                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    async with asyncio.timeout(self.wait + 10):
+                        progressed = await self._poll(pool, parts.path, headers)
+                except (TimeoutError, OSError) as exc:
                     self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
                     progressed = False
                 if progressed:
@@ -150,15 +154,19 @@ class ControllerSource(_Task):
                     continue
                 await asyncio.sleep(backoff)  # the controller is away, or sent nothing usable: do not spin
                 backoff = min(backoff * 2, self.max_backoff)
+        finally:
+            pool.close()
 
-    async def _poll(self, session: aiohttp.ClientSession) -> bool:
-        """One long poll: True for a 304 or a state applied; ClientError (or ConnectionError) for a failure."""
+    async def _poll(self, pool: UpstreamPool, path: str, headers: tuple[tuple[str, str], ...]) -> bool:
+        """One long poll: True for a 304 or a state applied; OSError (ConnectionError) for a failure."""
         after = -1 if self.resync else self.version
-        params = {"after": str(after), "wait": f"{self.wait:g}"}
-        async with session.get(self.url, params=params) as response:
+        response = await pool.request("GET", f"{path}?after={after}&wait={self.wait:g}", headers, None, None)
+        try:
             if response.status not in (200, 304):
                 raise ConnectionError(f"HTTP {response.status}")
             body = await response.read() if response.status == 200 else None
+        finally:
+            response.release()
         self._up()
         return True if body is None else self._take(body)
 

@@ -58,8 +58,7 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable
 
     yield start
     for gateway in gateways:
-        if gateway._runners:
-            await gateway.stop()
+        await gateway.stop()
 
 
 @pytest.fixture
