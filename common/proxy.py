@@ -111,7 +111,7 @@ class ProxyClient:
         outgoing = upstream_headers(request) if headers is None else headers
         answer: UpstreamResponse | None = None
         try:
-            async with deadline:
+            with deadline:  # a plain context manager: entering and leaving it awaits nothing
                 body = request.body if request.stream is None else request.stream
                 answer = await self._pool(upstream).request(
                     request.method, request.target, outgoing, body, request.content_length
@@ -157,7 +157,7 @@ class _Deadline:
         self._handle: asyncio.TimerHandle | None = None
         self._expired = False
 
-    async def __aenter__(self) -> _Deadline:
+    def __enter__(self) -> _Deadline:
         task = self._task = asyncio.current_task(self._loop)
         assert task is not None
         self._cancelling = task.cancelling()
@@ -165,7 +165,7 @@ class _Deadline:
         self._arm(self._next(min(first) if first else None))
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
