@@ -4,6 +4,10 @@ queue-proxy → iris predictor, every hop a real process; then Ctrl-C (SIGTERM) 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -75,6 +79,8 @@ async def test_make_run_stack_end_to_end(servelane_up):
     for text in ("sklearn-iris-predictor-00001", "sklearn-iris-transformer-00001", "100%", "1/1"):
         assert text in table
 
+    await _gateway_that_dies_is_restarted(up)
+
     code, still_alive = up.stop()
     assert code == 0, up.process.output()
     assert still_alive == []
@@ -107,3 +113,29 @@ async def _tritonclient_grpc(port: int) -> None:
         assert through.as_numpy("species").tolist() == [b"versicolor", b"versicolor"]
     finally:
         await client.close()
+
+
+async def _gateway_that_dies_is_restarted(up) -> None:
+    """SIGKILL the gateway: ``up`` starts a new one on the same ports, fed the same routes by the controller."""
+    (gateway,) = [pid for pid in up.process.descendants() if "-m\0gateway\0" in _cmdline(pid)]
+    os.kill(gateway, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession(up.base) as http:
+        while True:
+            try:
+                async with http.post("/v1/models/sklearn-iris:predict", json=KSERVE_EXAMPLE) as response:
+                    if response.status == 200:
+                        assert await response.json() == {"predictions": ["versicolor", "versicolor"]}
+                        break
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, "the gateway was not restarted"
+            await asyncio.sleep(0.1)
+    assert [pid for pid in up.process.descendants() if "-m\0gateway\0" in _cmdline(pid)] != [gateway]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return ""
