@@ -15,7 +15,8 @@ One connection, one request at a time (pipelined requests wait their turn, in or
                     with ``start_response`` / ``write`` / ``end_response`` and returns ``Response.streamed(status)``
     after           keep-alive: the next request; else (or if the handler left the body unread) the socket closes
 
-A client that goes away cancels its handler (the proxy cancels its upstream call). An error escaping the handler
+A client that goes away cancels its handler (the proxy cancels its upstream call), unless the server is made
+with ``cancel_on_disconnect=False`` (the model server: what was accepted runs to its end). An error escaping the handler
 is logged and answered 500 (or, once the response has started, the connection is cut). A malformed request gets
 400, and a head over ``max_head_bytes`` 431, and the connection is closed. :meth:`HttpServer.stop` stops listening,
 closes idle connections, lets requests in flight finish for ``grace`` seconds, then cuts the rest.
@@ -44,6 +45,7 @@ HIGH_WATER = 1024 * 1024
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _SWEEP_SECONDS = 5.0
+LINGER_SECONDS = 2.0
 
 
 class Response:
@@ -200,7 +202,7 @@ class Request:
         else:
             self._chunked = True
             framing.append(("Transfer-Encoding", "chunked"))
-        self.keep_alive = self.keep_alive and not self._conn.server.closing
+        self.keep_alive = self._conn.reusable(self)
         self._conn.write(self._conn.head(status, headers, framing, self.keep_alive))
 
     async def write(self, data: bytes) -> None:
@@ -239,9 +241,12 @@ def get_routes(routes: dict[str, Handler]) -> Handler:
 class HttpServer:
     def __init__(
         self, handler: Handler, *, buffer_limit: int = 256 * 1024, keepalive_timeout: float = 75.0,
-        max_head_bytes: int = 64 * 1024,
+        max_head_bytes: int = 64 * 1024, cancel_on_disconnect: bool = True,
     ) -> None:  # fmt: skip
         self.handler = handler
+        # A client that goes away cancels its handler (a proxy then drops its upstream call); a model server
+        # lets an accepted request run to its end instead, as work already handed to a model cannot be taken back.
+        self.cancel_on_disconnect = cancel_on_disconnect
         self.buffer_limit = buffer_limit
         self.keepalive_timeout = keepalive_timeout
         self.max_head_bytes = max_head_bytes
@@ -312,6 +317,7 @@ class _Connection(asyncio.Protocol):
         self._flow = WriteFlow(self.loop)
         self._reading_paused = False
         self._closed = False
+        self._lingering = False
 
     @property
     def idle(self) -> bool:
@@ -338,7 +344,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closed = True
         self.server.connections.discard(self)
-        if self.active is not None and not self.active.done():
+        if self.active is not None and not self.active.done() and self.server.cancel_on_disconnect:
             self.active.cancel()  # the client went away: so does its request
         for request in (self.current, *self.pending):
             if request is not None and request.stream is not None:
@@ -391,7 +397,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         request = self.current
-        if request is None:
+        if request is None or self._lingering:
             return
         if request.stream is not None:
             request.stream.feed(body)
@@ -401,6 +407,9 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         request = self.current
         self.current = None
+        if self._lingering:  # the rest of a body answered early has arrived: now the socket can close cleanly
+            self.close()
+            return
         if request is None:
             return
         request.complete = True
@@ -425,7 +434,7 @@ class _Connection(asyncio.Protocol):
         try:
             response = await self.server.handler(request)
             if not response.sent:
-                request.keep_alive = request.keep_alive and not self.server.closing
+                request.keep_alive = self.reusable(request)
                 self.write(
                     self.head(
                         response.status,
@@ -455,7 +464,10 @@ class _Connection(asyncio.Protocol):
         self.last_used = self.loop.time()
         if self._closed:
             return
-        if not request.keep_alive or not request.complete or self.server.closing:
+        if not request.complete:
+            self._linger()
+            return
+        if not request.keep_alive or self.server.closing:
             self.close()
             return
         if self.pending:
@@ -492,6 +504,19 @@ class _Connection(asyncio.Protocol):
         if self._reading_paused and self.transport is not None and not self._closed:
             self._reading_paused = False
             self.transport.resume_reading()
+
+    def reusable(self, request: Request) -> bool:
+        """Whether the connection stays open after this response: not if the client or the server is closing it,
+        nor if the request's body has not all arrived (the rest is drained and the socket closed: say so)."""
+        return request.keep_alive and request.complete and not self.server.closing
+
+    def _linger(self) -> None:
+        """The response went out before the request's body was all read (an early 413, say). Closing now would
+        reset the connection and the client could lose the response; read and drop the rest of the body first,
+        for at most LINGER_SECONDS, then close."""
+        self._lingering = True
+        self.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self.close)
 
     def close(self) -> None:
         if self.transport is not None and not self._closed:

@@ -13,9 +13,7 @@ import asyncio
 import logging
 
 import grpc
-from aiohttp import web
 
-from common.lifecycle import bound_port, start_http
 from model_server.config import DEFAULT_MODEL_NAME, ModelServerConfig
 from model_server.custom import ModelFactory
 from model_server.dataplane import DataPlane
@@ -23,7 +21,7 @@ from model_server.grpc_server import add_port, build_grpc_server
 from model_server.metrics import ModelServerMetrics
 from model_server.predictor_client import PredictorClient, build_predictor
 from model_server.repository import ModelRepository
-from model_server.rest import build_app
+from model_server.rest import RestEdge
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +34,9 @@ class ModelServer:
         self.metrics = ModelServerMetrics()
         upstream = self.predictor.ready if self.predictor is not None and config.predictor_health_check else None
         self.dataplane = DataPlane(self.repository, self.metrics, upstream_ready=upstream)
-        self.app = build_app(self.dataplane, config)
+        self.http = RestEdge(self.dataplane, config).server()
         self.http_port = 0
         self.grpc_port = 0
-        self._runner: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
 
@@ -50,15 +47,7 @@ class ModelServer:
         c = self.config
         if self.predictor is not None:
             await self.predictor.start()
-        self._runner = await start_http(
-            self.app,
-            c.host,
-            c.http_port,
-            shutdown_timeout=c.grace_period,
-            keepalive_timeout=c.keepalive_timeout,
-            auto_decompress=False,  # rest.read_body inflates with a size cap and our own errors
-        )
-        self.http_port = bound_port(self._runner)
+        self.http_port = await self.http.start(c.host, c.http_port)
         if c.grpc_port >= 0:
             self._grpc = build_grpc_server(self.dataplane, c)
             self.grpc_port = add_port(self._grpc, c.host, c.grpc_port)
@@ -83,8 +72,8 @@ class ModelServer:
         stopping = []
         if self._grpc is not None:
             stopping.append(self._grpc.stop(grace))
-        if self._runner is not None:
-            stopping.append(self._runner.cleanup())
+        if self.http_port:
+            stopping.append(self.http.stop(grace))
         await asyncio.gather(*stopping)
         if self.predictor is not None:
             await self.predictor.close()
@@ -95,9 +84,13 @@ class ModelServer:
 def _predictor(config: ModelServerConfig) -> PredictorClient | None:
     if config.predictor_host is None:
         return None
-    return build_predictor(config.predictor_host, config.predictor_protocol, config.predictor_timeout,
-                           authority=config.predictor_authority,
-                           max_message_bytes=config.grpc_max_message_bytes)
+    return build_predictor(
+        config.predictor_host,
+        config.predictor_protocol,
+        config.predictor_timeout,
+        authority=config.predictor_authority,
+        max_message_bytes=config.grpc_max_message_bytes,
+    )
 
 
 def _repository(config: ModelServerConfig, predictor: PredictorClient | None) -> ModelRepository:

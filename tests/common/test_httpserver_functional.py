@@ -21,6 +21,8 @@ class App:
 
     async def __call__(self, request: Request) -> Response:
         path = request.path
+        if path == "/early":  # answers before reading the body, as a model server does with an oversized one
+            return Response.error(413, "too large")
         body = request.body
         if request.stream is not None:
             body = await request.stream.read()
@@ -197,3 +199,19 @@ async def test_get_routes_answers_404_and_405():
         assert b" 405 " in out and b"Allow: GET, HEAD" in out
     finally:
         await server.stop(1.0)
+
+
+async def test_an_answer_before_the_body_is_read_reaches_the_client_whole(served):
+    """The server reads and drops the rest of the body before closing (closing at once would reset the
+    connection, and the client could lose the 413), and says Connection: close."""
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    size = 4 * 1024 * 1024
+    writer.write(b"POST /early HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % size)
+    for _ in range(size // 65536):
+        writer.write(b"x" * 65536)
+        await writer.drain()
+    out = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    assert out.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in out
+    assert out.endswith(b'{"error":"too large"}')
