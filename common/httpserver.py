@@ -1,10 +1,10 @@
-"""A lean HTTP/1.1 server for the proxy hops' serving ports: asyncio protocol, httptools' C parser, one write per
-small response.
+"""A lean HTTP/1.1 server: asyncio protocol, httptools' C parser, one write per small response.
 
-Why not aiohttp's server here: the queue-proxy and the gateway do little per request (a header pass, a gate, a
+Why not aiohttp's server: the queue-proxy and the gateway do little per request (a header pass, a gate, a
 forward), and aiohttp's per-request machinery (request and response objects, payload writers, the router) was
-most of their CPU. This server keeps only what a reverse proxy needs. aiohttp still serves the admin, stats and
-metrics ports, and the model server.
+most of their CPU; the model server's REST edge gained too. This server keeps only what those need. It serves
+every port of the queue-proxy and the gateway, and the model server's REST port; aiohttp is left to the
+controller's admin API and to clients.
 
 One connection, one request at a time (pipelined requests wait their turn, in order)::
 
