@@ -25,12 +25,12 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from common.errors import ServelaneError, Unavailable
 from common.httpserver import Handler, HttpServer, Request, Response, get_routes
 from common.proxy import ProxyClient, Timeouts, upstream_headers
+from common.request_ids import RequestIds
 from gateway.balancer import LeastOutstanding
 from gateway.config import SERVER_NAME, SERVER_VERSION, GatewayConfig
 from gateway.metrics import GatewayMetrics
@@ -56,6 +56,7 @@ class Gateway:
         self.table: RoutingTable | None = None
         self.identity = Identity.of(config.host, (), config.names)
         self.backends = LeastOutstanding(self.rng)
+        self.request_ids = RequestIds()
         self.metrics = GatewayMetrics(self.backends.in_flight, lambda: -1 if self.state is None else self.state.version)
         self.client = ProxyClient("gateway")
         # Every port on the lean server; bodies stream through the serving one (the model server enforces its limit).
@@ -108,7 +109,7 @@ class Gateway:
         from common.grpc_proxy import build_routing_grpc_proxy  # grpc costs ~9 MB of RSS: imported when used
         from gateway.grpc_routes import DROPPED, GrpcRouter, ServerMethods
 
-        router = GrpcRouter(lambda: self.table, self.backends, self.metrics)
+        router = GrpcRouter(lambda: self.table, self.backends, self.metrics, self.request_ids)
         self.grpc = build_routing_grpc_proxy(
             route=router, max_message_bytes=self.config.max_message_bytes, drop=DROPPED,
             handlers=(ServerMethods(lambda: self.table is not None),),
@@ -151,7 +152,7 @@ class Gateway:
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         request_id = request.headers.get("X-Request-Id") or ""
-        reply = {"X-Request-Id": request_id or str(uuid.uuid4())}
+        reply = {"X-Request-Id": request_id or self.request_ids.new()}
         revision, status = None, 500
         try:
             table = self.table
@@ -187,8 +188,9 @@ class Gateway:
 
     def _answer_locally(self, path: str, reply: dict[str, str]) -> Response:
         if path == "/v2":
-            return Response.json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []},
-                                 headers=reply.items())
+            return Response.json(
+                {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}, headers=reply.items()
+            )
         return Response(200, reply.items())  # live, and ready: a routing state is in force, or we would not be here
 
     # -- admin -------------------------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable
 from types import TracebackType
 
@@ -38,6 +37,7 @@ import grpc
 
 from common.errors import NotFound, ServelaneError, Unavailable, http_status_of
 from common.grpc_proxy import Call, CallOutcome
+from common.request_ids import RequestIds
 from gateway.balancer import Backends, Lease
 from gateway.config import SERVER_NAME, SERVER_VERSION
 from gateway.metrics import GatewayMetrics
@@ -53,10 +53,14 @@ DROPPED = frozenset({"knative-serving-revision", "knative-serving-namespace", "k
 class GrpcRouter:
     """The ``route`` hook: ``router(call)`` is an async context manager that routes the call and records it."""
 
-    def __init__(self, table: Callable[[], RoutingTable | None], backends: Backends, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, table: Callable[[], RoutingTable | None], backends: Backends, metrics: GatewayMetrics,
+        request_ids: RequestIds,
+    ) -> None:  # fmt: skip
         self.table = table
         self.backends = backends
         self.metrics = metrics
+        self.request_ids = request_ids
 
     def __call__(self, call: Call) -> RoutedCall:
         return RoutedCall(self, call)
@@ -75,7 +79,7 @@ class RoutedCall:
     async def __aenter__(self) -> CallOutcome:
         call = self.call
         request_id = call.metadata.get("x-request-id")
-        call.reply_metadata = (("x-request-id", request_id or str(uuid.uuid4())),)
+        call.reply_metadata = (("x-request-id", request_id or self.router.request_ids.new()),)
         try:
             await self._route()
         except ServelaneError as exc:
