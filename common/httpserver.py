@@ -241,9 +241,10 @@ def get_routes(routes: dict[str, Handler]) -> Handler:
 class HttpServer:
     def __init__(
         self, handler: Handler, *, buffer_limit: int = 256 * 1024, keepalive_timeout: float = 75.0,
-        max_head_bytes: int = 64 * 1024, cancel_on_disconnect: bool = True,
+        max_head_bytes: int = 64 * 1024, cancel_on_disconnect: bool = True, head_timeout: float = 30.0,
     ) -> None:  # fmt: skip
         self.handler = handler
+        self.head_timeout = head_timeout  # seconds a client may take to send a request's head (then 408)
         # A client that goes away cancels its handler (a proxy then drops its upstream call); a model server
         # lets an accepted request run to its end instead, as work already handed to a model cannot be taken back.
         self.cancel_on_disconnect = cancel_on_disconnect
@@ -264,7 +265,7 @@ class HttpServer:
         """Listen on ``host:port`` (0: a free port); returns the port."""
         self.loop = asyncio.get_running_loop()
         self._server = await self.loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
-        self._sweeper = self.loop.call_later(_SWEEP_SECONDS, self._sweep)
+        self._sweeper = self.loop.call_later(self._sweep_interval, self._sweep)
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self, grace: float) -> None:
@@ -289,14 +290,22 @@ class HttpServer:
             self._date = (now, formatdate(now, usegmt=True).encode())
         return self._date[1]
 
+    @property
+    def _sweep_interval(self) -> float:
+        return min(_SWEEP_SECONDS, self.keepalive_timeout / 2, self.head_timeout / 2)
+
     def _sweep(self) -> None:
-        """Close keep-alive connections idle for longer than ``keepalive_timeout``."""
+        """Close keep-alive connections idle for longer than ``keepalive_timeout``, and answer 408 to clients
+        that have been sending one request head for longer than ``head_timeout`` (a slow-header client would
+        otherwise hold its connection for ever)."""
         assert self.loop is not None
-        cutoff = self.loop.time() - self.keepalive_timeout
+        now = self.loop.time()
         for conn in list(self.connections):
-            if conn.idle and conn.last_used < cutoff:
+            if conn.idle and conn.last_used < now - self.keepalive_timeout:
                 conn.close()
-        self._sweeper = self.loop.call_later(_SWEEP_SECONDS, self._sweep)
+            elif conn.head_started is not None and conn.head_started < now - self.head_timeout:
+                conn.refuse(408, f"the request head did not arrive within {self.head_timeout:g} s")
+        self._sweeper = self.loop.call_later(self._sweep_interval, self._sweep)
 
 
 class _Connection(asyncio.Protocol):
@@ -318,6 +327,7 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._closed = False
         self._lingering = False
+        self.head_started: float | None = None  # while a request head is arriving
 
     @property
     def idle(self) -> bool:
@@ -334,12 +344,12 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades are not supported here")
+            self.refuse(400, "protocol upgrades are not supported here")
         except httptools.HttpParserError as exc:  # our callbacks' exceptions come wrapped in it too
             if self._head_bytes > self.server.max_head_bytes:
-                self._refuse(431, "request head too large")
+                self.refuse(431, "request head too large")
             elif not self._closed:
-                self._refuse(400, f"malformed request: {exc}")
+                self.refuse(400, f"malformed request: {exc}")
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closed = True
@@ -363,6 +373,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url, self._headers, self._head_bytes = [], [], 0
+        self.head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -373,6 +384,7 @@ class _Connection(asyncio.Protocol):
         self._grow(len(name) + len(value))
 
     def on_headers_complete(self) -> None:
+        self.head_started = None
         parser = self.parser
         request = Request(
             self, parser.get_method().decode(), b"".join(self._url).decode("latin-1"), CIMultiDict(self._headers),
@@ -533,7 +545,7 @@ class _Connection(asyncio.Protocol):
         if self._head_bytes > self.server.max_head_bytes:
             raise ValueError("request head too large")
 
-    def _refuse(self, status: int, message: str) -> None:
+    def refuse(self, status: int, message: str) -> None:
         response = Response.error(status, message)
         self.write(
             self.head(status, response.headers, [("Content-Length", str(len(response.body)))], False, local=True)

@@ -215,3 +215,21 @@ async def test_an_answer_before_the_body_is_read_reaches_the_client_whole(served
     writer.close()
     assert out.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in out
     assert out.endswith(b'{"error":"too large"}')
+
+
+async def test_a_head_that_never_finishes_gets_408_and_the_connection_closes():
+    async def ok(request: Request) -> Response:
+        return Response.text("ok")
+
+    server = HttpServer(ok, head_timeout=0.2)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: ")  # and nothing more
+        out = await asyncio.wait_for(reader.read(-1), 5)
+        writer.close()
+        assert out.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 0.2 s" in out
+        # a client that sends its head at once is not affected
+        assert (await exchange(port, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")).endswith(b"ok")
+    finally:
+        await server.stop(1.0)
