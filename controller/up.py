@@ -42,7 +42,7 @@ def up_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR", help="InferenceService YAML files or folders")
     p.add_argument("--host", default="127.0.0.1", help="address the gateway listens on")
     p.add_argument("--port", type=int, default=8080, help="gateway HTTP port")
-    p.add_argument("--grpc-port", type=int, default=8081, help="gateway gRPC port")
+    p.add_argument("--grpc-port", type=int, default=8081, help="gateway gRPC port (-1: none)")
     p.add_argument("--admin-port", type=int, default=8090, help="controller admin API port (apply, status)")
     p.add_argument("--domain", default="example.com")
     p.add_argument("--log-dir", type=Path, help="where every process writes its log (default: a temporary folder)")
@@ -51,7 +51,10 @@ def up_parser() -> argparse.ArgumentParser:
 
 
 def up(argv: Sequence[str]) -> int:
-    args = up_parser().parse_args(argv)
+    parser = up_parser()
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536 or not (args.grpc_port == -1 or 0 < args.grpc_port < 65536):
+        parser.error("--port and --grpc-port must be real ports (the transformers are told them); --grpc-port -1: none")
     try:
         specs = load_paths(args.paths)
     except SpecError as exc:

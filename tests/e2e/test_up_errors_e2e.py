@@ -24,6 +24,12 @@ def test_a_bad_spec_stops_up_before_anything_starts(tmp_path: Path):
     assert "spec.predictor.model.modelFormat.name" in out.stderr and "ONNX" in out.stderr
 
 
+def test_port_zero_is_refused_because_transformers_are_told_the_port():
+    out = subprocess.run([sys.executable, "-m", "servelane", "up", str(ROOT / "examples"), "--port", "0"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2 and "must be real ports" in out.stderr
+
+
 def test_a_taken_gateway_port_is_an_error_and_leaves_nothing(tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
