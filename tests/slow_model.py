@@ -6,6 +6,7 @@ in C++ with the GIL released, so it is a real, CPU-bound slow model call.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,12 @@ def build_slow(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def slow_repository(root: Path, iris_repository: Path, instances: int) -> Path:
+    """A repository at ``root``: the example iris model beside ``slow`` (``instances`` calls at once, one
+    onnxruntime thread each), for tests that hold requests in flight."""
+    shutil.copytree(iris_repository / "sklearn-iris", root / "sklearn-iris")
+    build_slow(root / "slow" / "1" / "model.onnx")
+    (root / "slow" / "config.yaml").write_text(f"instances: {instances}\nintra_op_threads: 1\n")
+    return root

@@ -9,7 +9,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -25,7 +24,7 @@ from common.lifecycle import free_port
 from controller import scaler as scaler_module
 from controller.scaler import LocalScaler, Ports, Replica, ReplicaTemplate
 from tests.harness import ROOT
-from tests.slow_model import build_slow
+from tests.slow_model import slow_repository as build_slow_repository
 
 pytestmark = pytest.mark.timeout(60)
 IRIS = {"instances": [[6.8, 2.8, 4.8, 1.4]]}
@@ -224,11 +223,7 @@ async def test_two_replicas_serve_and_one_whose_model_server_is_killed_comes_bac
 
 @pytest.fixture
 def slow_repository(tmp_path: Path, iris_repository: Path) -> Path:
-    root = tmp_path / "models"
-    shutil.copytree(iris_repository / "sklearn-iris", root / "sklearn-iris")
-    build_slow(root / "slow" / "1" / "model.onnx")
-    (root / "slow" / "config.yaml").write_text("instances: 2\nintra_op_threads: 1\n")
-    return root
+    return build_slow_repository(tmp_path / "models", iris_repository, instances=2)
 
 
 async def in_flight(http: aiohttp.ClientSession, replica: Replica) -> float:

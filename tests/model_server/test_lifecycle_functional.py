@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -13,18 +12,14 @@ import pytest
 
 from model_server.onnx_model import CUDA, default_providers
 from tests.harness import ServiceProcess, free_port
-from tests.slow_model import build_slow
+from tests.slow_model import slow_repository
 
 pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
 def repository(tmp_path: Path, iris_repository: Path) -> Path:
-    root = tmp_path / "models"
-    shutil.copytree(iris_repository / "sklearn-iris", root / "sklearn-iris")
-    build_slow(root / "slow" / "1" / "model.onnx")
-    (root / "slow" / "config.yaml").write_text("instances: 4\nintra_op_threads: 1\n")
-    return root
+    return slow_repository(tmp_path / "models", iris_repository, instances=4)
 
 
 def start(repository: Path, *extra: str) -> tuple[ServiceProcess, int, int]:

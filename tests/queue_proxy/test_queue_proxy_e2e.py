@@ -4,7 +4,6 @@ SIGTERM with 50 slow requests in flight that loses none of them."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 
 from tests.harness import ServiceProcess, free_port
-from tests.slow_model import build_slow
+from tests.slow_model import slow_repository
 
 pytestmark = pytest.mark.timeout(120)
 IRIS = np.array([[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]], dtype=np.float32)
@@ -23,11 +22,7 @@ IRIS = np.array([[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]], dtype=np.float32)
 
 @pytest.fixture
 def repository(tmp_path: Path, iris_repository: Path) -> Path:
-    root = tmp_path / "models"
-    shutil.copytree(iris_repository / "sklearn-iris", root / "sklearn-iris")
-    build_slow(root / "slow" / "1" / "model.onnx")
-    (root / "slow" / "config.yaml").write_text("instances: 8\nintra_op_threads: 1\n")
-    return root
+    return slow_repository(tmp_path / "models", iris_repository, instances=8)
 
 
 @pytest.fixture
