@@ -55,7 +55,7 @@ import aiohttp
 from bench.harness import Case, Measurement, Options, Ratio, SuiteResult, probed, run_suite
 from bench.loadgen import HttpRequest, http_driver
 from bench.model_server import Check, probe_http
-from tests.harness import ROOT, ServiceProcess, alive, descendants, free_port
+from tests.harness import ROOT, ServiceProcess, alive, argv, descendants, free_port
 
 HOST = "127.0.0.1"
 MODEL = "sklearn-iris"
@@ -91,11 +91,7 @@ class Stack:
 
 def command_lines(root: int) -> dict[int, list[str]]:
     """pid -> argv of every live process below ``root``."""
-    out = {}
-    for pid in descendants(root):
-        with contextlib.suppress(OSError):
-            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    return out
+    return {pid: args for pid in descendants(root) if (args := argv(pid))}
 
 
 def flag(argv: list[str], name: str) -> str | None:

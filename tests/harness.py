@@ -23,7 +23,7 @@ import aiohttp
 from common.httpserver import Handler, HttpServer
 from common.lifecycle import free_port
 
-__all__ = ["ServiceProcess", "alive", "descendants", "free_port", "lean_server"]
+__all__ = ["ServiceProcess", "alive", "argv", "descendants", "free_port", "lean_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,3 +165,11 @@ async def lean_server(handler: Handler) -> AsyncIterator[aiohttp.ClientSession]:
             yield client
     finally:
         await server.stop(1.0)
+
+
+def argv(pid: int) -> list[str]:
+    """The command line of a process, from /proc; [] if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []

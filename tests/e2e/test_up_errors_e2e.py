@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import ROOT, ServiceProcess, alive, free_port
+from tests.harness import ROOT, ServiceProcess, alive, argv, free_port
 
 
 def test_a_bad_spec_stops_up_before_anything_starts(tmp_path: Path):
@@ -43,17 +43,12 @@ def test_a_taken_gateway_port_is_an_error_and_leaves_nothing(tmp_path: Path):
         finally:
             up.stop()
     assert "servelane up: the gateway exited (1)" in up.output()
-    assert _processes_with(f"--port\0{port}\0") == []  # no gateway left over
+    assert [pid for pid in _pids() if _listens_on(argv(pid), port) and alive(pid)] == []  # no gateway left over
 
 
-def _processes_with(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_text(errors="replace")
-            except OSError:
-                continue
-            if text in cmdline and alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _listens_on(args: list[str], port: int) -> bool:
+    return any(a == "--port" and b == str(port) for a, b in zip(args, args[1:]))

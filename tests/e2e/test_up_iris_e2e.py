@@ -7,14 +7,13 @@ import asyncio
 import os
 import signal
 import time
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.http as httpclient
 
-from tests.harness import ROOT
+from tests.harness import ROOT, argv
 
 KSERVE_EXAMPLE = {"instances": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}  # KServe's sklearn-iris input, unchanged
 NAMED = {
@@ -117,7 +116,7 @@ async def _tritonclient_grpc(port: int) -> None:
 
 async def _gateway_that_dies_is_restarted(up) -> None:
     """SIGKILL the gateway: ``up`` starts a new one on the same ports, fed the same routes by the controller."""
-    (gateway,) = [pid for pid in up.process.descendants() if "-m\0gateway\0" in _cmdline(pid)]
+    (gateway,) = [pid for pid in up.process.descendants() if argv(pid)[1:3] == ["-m", "gateway"]]
     os.kill(gateway, signal.SIGKILL)
     deadline = time.monotonic() + 30
     async with aiohttp.ClientSession(up.base) as http:
@@ -131,11 +130,4 @@ async def _gateway_that_dies_is_restarted(up) -> None:
                 pass
             assert time.monotonic() < deadline, "the gateway was not restarted"
             await asyncio.sleep(0.1)
-    assert [pid for pid in up.process.descendants() if "-m\0gateway\0" in _cmdline(pid)] != [gateway]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-    except OSError:
-        return ""
+    assert [pid for pid in up.process.descendants() if argv(pid)[1:3] == ["-m", "gateway"]] != [gateway]
