@@ -9,7 +9,7 @@ The HTTP port, for every request, in this order:
      the client's own Host, ``Knative-Serving-Revision``/``-Namespace`` added (clients' copies dropped), trace
      headers as they came, and the revision's timeout as the total timeout (504); Server-Timing gets ``gateway``;
   5. the lease is released and the outcome recorded in the metrics.
-Errors become responses here and only here (``{"error": ...}``, :func:`common.http.error_response`).
+Errors become responses here and only here (``{"error": ...}``, :meth:`common.httpserver.Response.error`).
 On an own-name Host, ``/v2/health/live``, ``/v2/health/ready`` and ``/v2`` are answered by the gateway itself.
 
 The gRPC port does 1-5 per call through :mod:`common.grpc_proxy` and :mod:`gateway.grpc_routes`. The admin port
