@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import logs
 from common.errors import InvalidInput
-from common.lifecycle import run_service
+from common.lifecycle import run_service, settled
 from gateway.config import GatewayConfig
 
 DEFAULTS = {f.name: f.default for f in fields(GatewayConfig)}
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
         gateway = Gateway(config)
         await gateway.start()
+        settled()
         if isinstance(gateway.source, FileSource):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.source.reload)
         await gateway.run(stop)

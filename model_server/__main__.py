@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from common import logs
-from common.lifecycle import run_service
+from common.lifecycle import run_service, settled
 from model_server.config import PREDICTOR_PROTOCOLS, ModelServerConfig
 from model_server.model_config import BatchingConfig, ExplainerConfig, ModelConfig, ModelConfigError
 
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
         server = ModelServer(config)
         await server.start()
+        settled()
         await stop.wait()
         await server.stop()
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 
 from common import logs
-from common.lifecycle import run_service
+from common.lifecycle import run_service, settled
 from queue_proxy.config import QueueProxyConfig
 
 DEFAULTS = {f.name: f.default for f in fields(QueueProxyConfig)}
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
         proxy = QueueProxy(config)
         await proxy.start()
+        settled()
         await proxy.run_until_drained(stop)
 
     return run_service(serve)
