@@ -3,7 +3,10 @@
 Cases (``<path>@c<concurrency>``, at 1, 16 and 64): ``direct`` to the upstream; ``queue-proxy``
 (``python -m queue_proxy``, container concurrency 0: no breaker); ``queue-proxy-cc64`` (container concurrency 64,
 so every request passes the breaker); ``nginx``, a reverse proxy with keep-alive upstream connections, as the
-reference. Every case POSTs the same small JSON body; each checks one answer with a probe before its first load.
+reference; ``py-relay`` (:mod:`bench.py_relay`), the least a Python proxy on uvloop can do per request (httptools
+frames each message, the bytes pass unchanged), so the rows show how much of the queue-proxy's cost is Python itself
+and how much is the work it does. Every case POSTs the same small JSON body; each checks one answer with a probe
+before its first load.
 
 The upstream is nginx answering ``return 200 "ok"`` (one worker), fast enough that the proxies in front of it are
 what is measured; nginx is installed with apt-get when missing and possible. Without nginx the upstream is
@@ -37,7 +40,7 @@ HOST = "127.0.0.1"
 BODY = b'{"instances": [[6.8, 2.8, 4.8, 1.4]]}'  # what a small inference request weighs
 REPLY = b"ok"
 CONCURRENCIES = (1, 16, 64)
-PATHS = ("direct", "queue-proxy", "queue-proxy-cc64", "nginx")
+PATHS = ("direct", "queue-proxy", "queue-proxy-cc64", "nginx", "py-relay")
 KEYS = [f"{path}@c{c}" for c in CONCURRENCIES for path in PATHS]  # side by side: every path at one concurrency
 KNATIVE_CPU_US = 400.0  # Knative's queue-proxy: about 1 vCPU per 2,500 rps
 
@@ -169,6 +172,11 @@ def serving(work: Path, nginx: str | None) -> Iterator[Stack]:
             proxy, out.ports[path] = start_queue_proxy(port, concurrency)
             stack.callback(proxy.stop)
             out.pids[path] = proxy.pid
+        relay_port = free_port()
+        relay = ServiceProcess("bench.py_relay", str(relay_port), str(port)).start()
+        stack.callback(relay.stop)
+        relay.wait_http(f"http://{HOST}:{relay_port}/")
+        out.ports["py-relay"], out.pids["py-relay"] = relay_port, relay.pid
         if nginx is not None:
             proxy_port = free_port()
             proxy = Nginx(nginx, work / "proxy", PROXY_SERVER.format(host=HOST, upstream=port, port=proxy_port))
@@ -232,8 +240,10 @@ RATIOS: tuple[tuple[str, str, Term | float, Term | None, str], ...] = (
     ("queue-proxy-cc64 c1: added p50 over direct, ms", "-", ("queue-proxy-cc64@c1", "p50_ms"),
      ("direct@c1", "p50_ms"), "<= 0.15"),
     ("nginx c1: added p50 over direct, ms", "-", ("nginx@c1", "p50_ms"), ("direct@c1", "p50_ms"), ""),
+    ("py-relay c1: added p50 over direct, ms", "-", ("py-relay@c1", "p50_ms"), ("direct@c1", "p50_ms"), ""),
     ("queue-proxy c1: p50 / nginx p50", "/", (QP1, "p50_ms"), ("nginx@c1", "p50_ms"), ""),
     ("queue-proxy c1: proxy CPU us/req", "=", (QP1, "server_cpu_us"), None, ""),
+    ("py-relay c1: proxy CPU us/req", "=", ("py-relay@c1", "server_cpu_us"), None, ""),
     ("queue-proxy c16: proxy CPU us/req", "=", (QP16, "server_cpu_us"), None, "<= 100"),
     ("queue-proxy c64: proxy CPU us/req", "=", (QP64, "server_cpu_us"), None, "<= 100"),
     ("queue-proxy-cc64 c64: proxy CPU us/req", "=", (CC64, "server_cpu_us"), None, "<= 100"),
