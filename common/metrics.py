@@ -4,6 +4,8 @@ prometheus_client's Histogram takes a lock and scans its buckets linearly on eve
 path that is observed several times per request, that is a measurable share of the CPU a request costs. A
 :class:`LoopHistogram` is only ever touched from the event loop thread (observations and scrapes alike), so it
 needs no lock and finds the bucket by bisection. It exposes the same text as a prometheus_client Histogram.
+A :class:`CountOf` is a request counter for free: where every counted event is also observed by a histogram (a
+request and its duration), the counter is that histogram's count per label set, summed at scrape time.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 
 class HistogramChild:
@@ -71,4 +73,29 @@ class LoopHistogram:
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             family.add_metric(list(values), buckets, child.sum)
+        yield family
+
+
+class CountOf:
+    """A counter (``<name>_total``) that is ``histogram``'s observation count for each of its label sets, so a
+    request path that observes the histogram pays nothing more for it; removing the histogram's series removes
+    the counter's."""
+
+    def __init__(self, name: str, documentation: str, histogram: LoopHistogram, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._histogram = histogram
+        registry.register(self)
+
+    def value(self, *values: str) -> int:
+        child = self._histogram._children.get(values)
+        return 0 if child is None else sum(child.counts)
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self._histogram.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self._histogram.labelnames)
+        for values, child in list(self._histogram._children.items()):
+            family.add_metric(list(values), sum(child.counts))
         yield family

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from common.httpserver import Handler, Request, Response, get_routes
-from common.metrics import HistogramChild, LoopHistogram
+from common.metrics import CountOf, HistogramChild, LoopHistogram
 from gateway.state import Revision
 
 # Seconds; the same buckets as the queue-proxy's (see queue_proxy/metrics.py): from the hop's own ~0.1 ms to the
@@ -37,26 +37,24 @@ REVISION_LABELS = ("service_name", "namespace_name", "revision_name")
 REQUEST_LABELS = (*REVISION_LABELS, "protocol", "response_code_class")
 UNROUTED = ("", "", "")
 
-_Series = tuple[Counter, HistogramChild]
 
 
 class GatewayMetrics:
     def __init__(self, in_flight: Callable[[], Mapping[str, int]], version: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        self.requests = Counter(
-            "gateway_requests", "Requests answered by the gateway", REQUEST_LABELS, registry=self.registry
-        )
         self.duration = LoopHistogram(
             "gateway_request_duration_seconds", "Time from arrival to the end of the response",
             REQUEST_LABELS, LATENCY_BUCKETS, self.registry,
         )  # fmt: skip
+        # every answered request is observed in ``duration``: the counter is its count
+        self.requests = CountOf("gateway_requests", "Requests answered by the gateway", self.duration, self.registry)
         self.version = Gauge(
             "gateway_routing_state_version", "Version of the routing state in use", registry=self.registry
         )
         self.version.set_function(version)
         self._revisions: dict[str, tuple[str, str, str]] = {}  # revision -> its label values
-        self._series: dict[tuple[str, str, str, str, int], _Series] = {}
+        self._series: dict[tuple[str, str, str, str, int], HistogramChild] = {}
         self.registry.register(_InFlight(in_flight, self._revisions))
 
     def __repr__(self) -> str:
@@ -70,10 +68,8 @@ class GatewayMetrics:
         key = (*labels, protocol, status // 100)
         series = self._series.get(key)
         if series is None:
-            values = (*labels, protocol, f"{status // 100}xx")
-            series = self._series[key] = (self.requests.labels(*values), self.duration.labels(*values))
-        series[0].inc()
-        series[1].observe(seconds)
+            series = self._series[key] = self.duration.labels(*labels, protocol, f"{status // 100}xx")
+        series.observe(seconds)
 
     def retain(self, revisions: Mapping[str, Revision]) -> None:
         """The routing state changed: label values for its revisions; the series of any other are removed."""
@@ -81,9 +77,7 @@ class GatewayMetrics:
         self._revisions.update({n: (r.service, r.namespace, n) for n, r in revisions.items()})
         for key in [k for k in self._series if k[2] and k[2] not in self._revisions]:
             del self._series[key]
-            values = (*key[:4], f"{key[4]}xx")
-            self.requests.remove(*values)
-            self.duration.remove(*values)
+            self.duration.remove(*key[:4], f"{key[4]}xx")
 
     def handler(self) -> Handler:
         """The metrics port: ``GET /metrics`` in Prometheus text, or OpenMetrics when the scraper asks for it."""

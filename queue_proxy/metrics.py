@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from common.httpserver import Handler, Request, Response, get_routes
-from common.metrics import HistogramChild, LoopHistogram
+from common.metrics import CountOf, HistogramChild, LoopHistogram
 
 # Seconds. The low end resolves the hop itself: the queue-proxy adds about 0.1 ms and a small model on CPU answers
 # in about 1 ms, which Knative's own buckets (from 5 ms) would lump together. The high end is the longest revision
@@ -41,7 +41,7 @@ COMMON_CLASSES = (2, 3, 4, 5)  # pre-created, so the series exist at zero before
 REVISION_LABELS = ("revision_name", "namespace_name", "configuration_name", "pod_name")
 REQUEST_LABELS = (*REVISION_LABELS, "response_code_class")
 
-_Series = tuple[Counter, HistogramChild, HistogramChild]
+_Series = tuple[HistogramChild, HistogramChild]
 
 
 class QueueProxyMetrics:
@@ -49,13 +49,13 @@ class QueueProxyMetrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self._revision = (revision, namespace, configuration, pod)
-        self.requests = Counter(
-            "queue_requests", "Requests answered by the queue-proxy, by status class", REQUEST_LABELS,
-            registry=self.registry,
-        )
         self.duration = LoopHistogram(
             "queue_request_duration_seconds", "Time from arrival to the end of the response, queue wait included",
             REQUEST_LABELS, LATENCY_BUCKETS, self.registry,
+        )
+        # every answered request is observed in ``duration``: the counter is its count
+        self.requests = CountOf(
+            "queue_requests", "Requests answered by the queue-proxy, by status class", self.duration, self.registry
         )
         self.app_duration = LoopHistogram(
             "queue_app_request_duration_seconds", "Time at the model server: from a breaker slot to the response end",
@@ -79,8 +79,7 @@ class QueueProxyMetrics:
     def observe(self, status: int, total_seconds: float, app_seconds: float | None = None) -> None:
         """Record one answered request (never a probe); ``app_seconds`` is None when it never reached the app."""
         code_class = status // 100
-        count, total, app = self._by_class.get(code_class) or self._add_class(code_class)
-        count.inc()
+        total, app = self._by_class.get(code_class) or self._add_class(code_class)
         total.observe(total_seconds)
         if app_seconds is not None:
             app.observe(app_seconds)
@@ -108,6 +107,6 @@ class QueueProxyMetrics:
 
     def _add_class(self, code_class: int) -> _Series:
         labels = (*self._revision, f"{code_class}xx")
-        series = (self.requests.labels(*labels), self.duration.labels(*labels), self.app_duration.labels(*labels))
+        series = (self.duration.labels(*labels), self.app_duration.labels(*labels))
         self._by_class[code_class] = series
         return series

@@ -1,10 +1,11 @@
-"""LoopHistogram exposes exactly what a prometheus_client Histogram does for the same observations."""
+"""LoopHistogram exposes exactly what a prometheus_client Histogram does for the same observations; CountOf exposes
+what a prometheus_client Counter incremented once per observation does."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from common.metrics import LoopHistogram
+from common.metrics import CountOf, LoopHistogram
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 VALUES = (0.0005, 0.001, 0.002, 0.05, 0.5, 3.0, 0.01)
@@ -38,3 +39,21 @@ def test_remove_and_clear():
     assert 'a="1"' not in text and 'a="2"' in text
     histogram.clear()
     assert 'a="2"' not in generate_latest(registry).decode()
+
+
+def test_count_of_is_a_counter_of_the_observations():
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    histogram = LoopHistogram("x_seconds", "help", ("model_name",), BUCKETS, CollectorRegistry())
+    count = CountOf("x_requests", "requests", histogram, ours)
+    reference = Counter("x_requests", "requests", ("model_name",), registry=theirs)
+    for value in VALUES:
+        histogram.labels("m").observe(value)
+        reference.labels("m").inc()
+    histogram.labels("idle")
+    reference.labels("idle")
+    text = generate_latest(ours).decode()
+    lines = generate_latest(theirs).decode().splitlines()
+    assert text == "".join(line + "\n" for line in lines if "_created" not in line)
+    assert 'x_requests_total{model_name="m"} 7.0' in text and count.value("m") == 7 and count.value("gone") == 0
+    histogram.remove("m")
+    assert 'model_name="m"' not in generate_latest(ours).decode()
