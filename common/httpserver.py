@@ -13,6 +13,9 @@ One connection, one request at a time (pipelined requests wait their turn, in or
                     flow control: reading pauses while more than HIGH_WATER bytes wait for the handler)
     handler         ``await handler(request)`` returns a :class:`Response`, written in one piece; or it streams
                     with ``start_response`` / ``write`` / ``end_response`` and returns ``Response.streamed(status)``
+                    or, first, ``fast(request)`` (when the server has one and the body was read whole): it may
+                    take the request without a task, by callbacks, and hand back an :class:`Exchange` that ends
+                    with ``request.reply(response)`` or ``request.finish()``; None leaves it to the handler
     after           keep-alive: the next request; else (or if the handler left the body unread) the socket closes
 
 A client that goes away cancels its handler (the proxy cancels its upstream call), unless the server is made
@@ -31,6 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Protocol
 from urllib.parse import unquote
 
 import httptools
@@ -220,8 +224,29 @@ class Request:
         """Cut the connection: a response that broke off after it started reaches the client as truncated."""
         self._conn.abort()
 
+    # -- ending a request a fast handler took --------------------------------------------------------------------
+    def reply(self, response: Response) -> None:
+        """Write ``response`` (unless it was streamed already) and end the request: the next one may start."""
+        self._conn.respond(self, response)
+        self._conn._finished(self)
+
+    def finish(self) -> None:
+        """End the request after its response went out some other way (streamed, or the connection was cut)."""
+        self._conn._finished(self)
+
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Exchange(Protocol):
+    """A request a ``fast`` hook took: the connection asks whether it is over, and cancels it if the client leaves."""
+
+    def done(self) -> bool: ...
+
+    def cancel(self) -> bool: ...
+
+
+FastHandler = Callable[[Request], "Exchange | None"]
 
 
 def get_routes(routes: dict[str, Handler]) -> Handler:
@@ -242,8 +267,10 @@ class HttpServer:
     def __init__(
         self, handler: Handler, *, buffer_limit: int = 256 * 1024, keepalive_timeout: float = 75.0,
         max_head_bytes: int = 64 * 1024, cancel_on_disconnect: bool = True, head_timeout: float = 30.0,
+        fast: FastHandler | None = None,
     ) -> None:  # fmt: skip
         self.handler = handler
+        self.fast = fast
         self.head_timeout = head_timeout  # seconds a client may take to send a request's head (then 408)
         # A client that goes away cancels its handler (a proxy then drops its upstream call); a model server
         # lets an accepted request run to its end instead, as work already handed to a model cannot be taken back.
@@ -317,7 +344,7 @@ class _Connection(asyncio.Protocol):
         self.remote = ""
         self.current: Request | None = None  # being parsed
         self.pending: deque[Request] = deque()  # parsed, waiting for the one in the handler
-        self.active: asyncio.Task[None] | None = None
+        self.active: asyncio.Task[None] | Exchange | None = None
         self.finished: asyncio.Future[None] = self.loop.create_future()  # set when the connection is gone
         self.last_used = self.loop.time()
         self._url: list[bytes] = []
@@ -436,27 +463,36 @@ class _Connection(asyncio.Protocol):
     # -- running requests, one at a time -----------------------------------------------------------------------
     def _dispatch(self, request: Request) -> None:
         if self.active is None:
-            self.active = self.loop.create_task(self._run(request))
+            self._start(request)
         else:
             self.pending.append(request)
             if len(self.pending) > 16:  # a client pipelining far ahead waits
                 self.pause_reading()
 
+    def _start(self, request: Request) -> None:
+        fast = self.server.fast
+        if fast is not None and request.stream is None:
+            exchange = fast(request)
+            if exchange is not None:
+                if not exchange.done():  # it may have ended at once, and started the next request already
+                    self.active = exchange
+                return
+        self.active = self.loop.create_task(self._run(request))
+
+    def respond(self, request: Request, response: Response) -> None:
+        if not response.sent:
+            request.keep_alive = self.reusable(request)
+            self.write(
+                self.head(
+                    response.status, response.headers, _length(request, response), request.keep_alive,
+                    local=response.local,
+                )
+                + (b"" if request._head_only else response.body)
+            )  # fmt: skip
+
     async def _run(self, request: Request) -> None:
         try:
-            response = await self.server.handler(request)
-            if not response.sent:
-                request.keep_alive = self.reusable(request)
-                self.write(
-                    self.head(
-                        response.status,
-                        response.headers,
-                        _length(request, response),
-                        request.keep_alive,
-                        local=response.local,
-                    )
-                    + (b"" if request._head_only else response.body)
-                )
+            self.respond(request, await self.server.handler(request))
         except asyncio.CancelledError:
             request.keep_alive = False
             raise
@@ -484,7 +520,7 @@ class _Connection(asyncio.Protocol):
             return
         if self.pending:
             self.resume_reading()
-            self.active = self.loop.create_task(self._run(self.pending.popleft()))
+            self._start(self.pending.popleft())
 
     # -- writing -----------------------------------------------------------------------------------------------
     def head(

@@ -17,19 +17,29 @@ answer back:
 
 Timeouts (:class:`Timeouts`): ``total`` bounds the whole exchange, ``response_start`` the wait for the upstream's
 headers, ``idle`` the gap between body chunks; each cancels the upstream call when it fires.
+
+:meth:`ProxyClient.relay` is the same exchange for a request whose body was read whole, run by callbacks instead
+of a task (a server's ``fast`` hook): the request goes out from the parser's callback that completed it, and the
+answer is written from the upstream parser's callback that completed it. Most requests to a hop are small, and
+at low concurrency the task, the coroutines and the future a coroutine exchange needs were a large share of the
+hop's latency. A response that streams (chunked, server-sent events, or over ``buffer_limit``) is handed to a
+task when its head arrives, and goes on exactly as in :meth:`forward`; so do the rules above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from common.errors import UpstreamError, UpstreamTimeout
 from common.httpserver import Request, Response
-from common.upstream import UpstreamPool, UpstreamResponse
+from common.upstream import UpstreamPool, UpstreamResponse, _Connection, _head
+
+log = logging.getLogger(__name__)
 
 HOP_BY_HOP = frozenset(
     {
@@ -122,11 +132,7 @@ class ProxyClient:
                 size = answer.content_length
                 if answer.complete or (size is not None and size <= self.buffer_limit and not _is_stream(answer)):
                     return Response(answer.status, out, await answer.read(), local=False)
-                request.start_response(answer.status, out, size)
-                async for chunk in answer.chunks():
-                    await request.write(chunk)
-                    deadline.wrote()
-                await request.end_response()
+                await _stream(request, answer, out, size, deadline)
                 return Response.streamed(answer.status)
         except TimeoutError:
             if not request.response_started:
@@ -139,6 +145,210 @@ class ProxyClient:
                 answer.release()
         request.abort()  # the response had started: it cannot get an error status any more
         return Response.streamed(answer.status if answer is not None else 502)
+
+
+    def relay(
+        self,
+        request: Request,
+        upstream: str,
+        *,
+        headers: list[tuple[str, str]],
+        on_done: Callable[[int], None],
+        timeouts: Timeouts = Timeouts(),
+        started: float | None = None,
+        timings: Mapping[str, float] | None = None,
+        reply_headers: Mapping[str, str] | None = None,
+    ) -> Relay:
+        """:meth:`forward` without a task, for a request whose body was read whole (``request.stream`` is None):
+        the exchange starts now, and ends by replying on the request; ``on_done(status)`` is called once, then
+        (499 when the client went away first). The arguments mean what they mean for :meth:`forward`."""
+        assert request.stream is None, "relay() takes whole bodies; a streamed one goes through forward()"
+        relay = Relay(self, request, upstream, headers, timeouts, started, timings, reply_headers, on_done)
+        relay.begin()
+        return relay
+
+
+async def _stream(request: Request, answer: UpstreamResponse, out: list[tuple[str, str]], size: int | None,
+                  deadline: _Deadline) -> None:  # fmt: skip
+    request.start_response(answer.status, out, size)
+    async for chunk in answer.chunks():
+        await request.write(chunk)
+        deadline.wrote()
+    await request.end_response()
+
+
+class Relay:
+    """One exchange of :meth:`ProxyClient.relay`: an :class:`common.upstream.Listener` for the upstream
+    connection and an :class:`common.httpserver.Exchange` for the server's."""
+
+    __slots__ = ("_client", "_request", "_upstream", "_headers", "_timeouts", "_started", "_timings",
+                 "_reply_headers", "_on_done", "_loop", "_conn", "_answer", "_timer", "_t0", "_end", "_task",
+                 "_done", "_reused", "_timing", "_streaming")  # fmt: skip
+
+    def __init__(
+        self, client: ProxyClient, request: Request, upstream: str, headers: list[tuple[str, str]],
+        timeouts: Timeouts, started: float | None, timings: Mapping[str, float] | None,
+        reply_headers: Mapping[str, str] | None, on_done: Callable[[int], None],
+    ) -> None:  # fmt: skip
+        self._client, self._request, self._upstream, self._headers = client, request, upstream, headers
+        self._timeouts, self._timings, self._reply_headers, self._on_done = timeouts, timings, reply_headers, on_done
+        self._loop = loop = client._loop or asyncio.get_running_loop()
+        now = time.perf_counter()
+        self._started = now if started is None else started
+        self._t0 = loop.time() - (now - self._started)  # when the request arrived, on the loop's clock
+        self._end = None if timeouts.total is None else self._t0 + timeouts.total
+        self._conn: _Connection | None = None
+        self._answer: UpstreamResponse | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None  # connecting, or streaming the response
+        self._done = False
+        self._reused = False
+        self._timing: str | None = None  # Server-Timing, once the upstream's head is in
+        self._streaming = False
+
+    def __repr__(self) -> str:
+        return f"<Relay {self._request.method} {self._upstream}{self._request.target} done={self._done}>"
+
+    # -- the server's Exchange ---------------------------------------------------------------------------------
+    def done(self) -> bool:
+        return self._done
+
+    def cancel(self) -> bool:
+        """The client went away: the upstream call is dropped (its connection closed) and the outcome is 499."""
+        if self._done:
+            return False
+        if self._streaming:
+            assert self._task is not None
+            return self._task.cancel()  # the streaming task ends the exchange
+        self._stop_upstream()
+        self._done = True
+        self._request.finish()
+        self._on_done(499)
+        return True
+
+    # -- sending -----------------------------------------------------------------------------------------------
+    def begin(self) -> None:
+        timeouts = self._timeouts
+        self._arm(timeouts.response_start if timeouts.response_start is not None else timeouts.idle)  # as _Deadline
+        conn = self._client._pool(self._upstream).take_idle()
+        if conn is None:
+            self._task = self._loop.create_task(self._connect())
+        else:
+            self._reused = True
+            self._send(conn)
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self._client._pool(self._upstream).connect()
+        except OSError as exc:
+            self._task = None
+            self._reply(Response.error(502, f"upstream {self._upstream} failed: {_reason(exc)}"))
+            return
+        self._task = None
+        self._send(conn)
+
+    def _send(self, conn: _Connection) -> None:
+        request = self._request
+        body = request.body
+        head = _head(request.method, request.target, self._headers, body, request.content_length, False)
+        self._conn = conn
+        self._answer = conn.start(head + body if body else head, self, request.method == "HEAD")
+
+    # -- the upstream's Listener -------------------------------------------------------------------------------
+    def on_head(self, answer: UpstreamResponse) -> None:
+        self._timing = _server_timing(answer.headers, self._client.hop, self._started, self._timings)
+        timeouts = self._timeouts
+        if timeouts.response_start is not None or timeouts.idle is not None:
+            self._arm(timeouts.idle)
+        size = answer.content_length
+        if answer.complete or (size is not None and size <= self._client.buffer_limit and not _is_stream(answer)):
+            return  # small: on_complete writes it whole
+        assert self._conn is not None
+        self._conn.listener = None  # the body streams, from a task, as forward() streams it
+        self._disarm()
+        self._streaming = True
+        self._task = self._loop.create_task(self._stream(answer))
+
+    def on_complete(self, answer: UpstreamResponse) -> None:
+        self._disarm()
+        try:
+            out = response_headers(answer.headers, self._timing, self._reply_headers)
+            response = Response(answer.status, out, answer.body(), local=False)
+        except Exception:  # a bug of ours must not leave the client waiting
+            log.exception("relaying the response to %s %s", self._request.method, self._request.path)
+            response = Response.error(500, "Internal server error")
+        answer.release()
+        self._reply(response)
+
+    def on_error(self, exc: BaseException) -> None:
+        if self._answer is not None:
+            self._answer.release()  # not complete: the connection is closed
+        self._conn = self._answer = None
+        if self._reused and self._timing is None and isinstance(exc, OSError):
+            # a kept-alive connection the upstream had closed: once more, on a new one (as UpstreamPool.request),
+            # under the same timer
+            self._reused = False
+            self._task = self._loop.create_task(self._connect())
+            return
+        self._disarm()
+        self._reply(Response.error(502, f"upstream {self._upstream} failed: {_reason(exc)}"))
+
+    # -- the timer and the end -----------------------------------------------------------------------------------
+    def _arm(self, stage: float | None) -> None:
+        self._disarm()
+        candidates = [t for t in (self._end, None if stage is None else self._loop.time() + stage) if t is not None]
+        if candidates:
+            self._timer = self._loop.call_at(min(candidates), self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._done or self._streaming:
+            return
+        self._stop_upstream()
+        self._reply(Response.error(504, TIMEOUT_MESSAGE))
+
+    def _stop_upstream(self) -> None:
+        """Drop the upstream call: the connection (or the attempt to make one) goes, the timer too."""
+        self._disarm()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._conn is not None:
+            self._conn.listener = None
+        if self._answer is not None:
+            self._answer.release()  # not complete: closed
+        self._conn = self._answer = None
+
+    def _reply(self, response: Response) -> None:
+        self._disarm()
+        self._done = True
+        self._request.reply(response)
+        self._on_done(response.status)
+
+    async def _stream(self, answer: UpstreamResponse) -> None:
+        request = self._request
+        status = answer.status
+        deadline = _Deadline(self._loop, self._timeouts, self._t0)
+        try:
+            with deadline:
+                deadline.response_started()
+                out = response_headers(answer.headers, self._timing, self._reply_headers)
+                await _stream(request, answer, out, answer.content_length, deadline)
+        except (TimeoutError, OSError):
+            request.abort()  # the response had started: it cannot get an error status any more
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            answer.release()
+            self._done = True
+            request.finish()
+            self._on_done(status)
 
 
 class _Deadline:

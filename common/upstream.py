@@ -9,6 +9,11 @@ by httptools' C parser as it arrives:
     response.read()     the whole body;  response.chunks(): the body as it arrives (streams, SSE)
     response.release()  back to the idle pool if the exchange completed and both sides keep it alive; else closed
 
+or, without a coroutine, for the proxy core's relay (:class:`common.proxy.Relay`): ``conn.start(data, listener)``
+on a connection from :meth:`UpstreamPool.take_idle` or :meth:`UpstreamPool.connect`, and the parser calls the
+:class:`Listener` back with the head, the complete response, or the error (until the listener lets go of it by
+setting ``conn.listener = None``; the response then works as above).
+
 A request sent on a reused idle connection that the upstream had already closed is retried once on a new one,
 when its body can be sent again. Flow control both ways: writes wait while the transport's buffer is full, and
 reading pauses while more than ``HIGH_WATER`` bytes of body wait for the consumer.
@@ -31,6 +36,16 @@ class StreamedBody(Protocol):
     """A request body that arrives in pieces (common.httpserver.BodyStream; aiohttp's StreamReader fits too)."""
 
     def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class Listener(Protocol):
+    """Who hears of an exchange started with :meth:`_Connection.start`, from the parser's callbacks."""
+
+    def on_head(self, response: UpstreamResponse) -> None: ...
+
+    def on_complete(self, response: UpstreamResponse) -> None: ...
+
+    def on_error(self, exc: BaseException) -> None: ...
 
 
 class WriteFlow:
@@ -75,6 +90,7 @@ class _Connection(asyncio.Protocol):
         self.response: UpstreamResponse | None = None
         self.lost: BaseException | None = None
         self.used = False
+        self.listener: Listener | None = None
         self._head: asyncio.Future[None] | None = None
         self._flow = WriteFlow(loop)
 
@@ -118,7 +134,9 @@ class _Connection(asyncio.Protocol):
             return
         if response.head_only or response.status in _NO_BODY_STATUSES:
             response.complete = True
-        if self._head is not None and not self._head.done():
+        if self.listener is not None:
+            self.listener.on_head(response)
+        elif self._head is not None and not self._head.done():
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
@@ -133,7 +151,11 @@ class _Connection(asyncio.Protocol):
         if response is not None and response.status >= 200:
             response.complete = True
             response.keep_alive = self.parser.should_keep_alive()
-            response.wake()
+            listener, self.listener = self.listener, None
+            if listener is not None:
+                listener.on_complete(response)
+            else:
+                response.wake()
 
     # -- use -------------------------------------------------------------------------------------------------
     async def send(self, head: bytes, body: bytes | StreamedBody | None, chunked: bool) -> None:
@@ -149,6 +171,15 @@ class _Connection(asyncio.Protocol):
             await self._flow.drained()
         if chunked:
             self.transport.write(b"0\r\n\r\n")
+
+    def start(self, data: bytes, listener: Listener, head_only: bool) -> UpstreamResponse:
+        """Send a whole request (head and body in ``data``); ``listener`` hears of its response."""
+        assert self.transport is not None
+        self.used = True
+        self.response = UpstreamResponse(self, head_only)
+        self.listener = listener
+        self.transport.write(data)
+        return self.response
 
     async def exchange(self, head: bytes, body: bytes | StreamedBody | None, chunked: bool, head_only: bool):
         self.used = True
@@ -169,6 +200,9 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         if self.lost is None:
             self.lost = exc
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.on_error(exc)
         if self._head is not None and not self._head.done():
             self._head.set_exception(exc)
         if self.response is not None:
@@ -242,11 +276,15 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         if self.complete:  # the usual case for a small answer: every byte is already here
-            data = b"".join(self._chunks)
-            self._chunks.clear()
-            self.buffered = 0
-            return data
+            return self.body()
         return b"".join([piece async for piece in self.chunks()])
+
+    def body(self) -> bytes:
+        """The whole body of a complete response."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self.buffered = 0
+        return data
 
     def release(self) -> None:
         """Return the connection to the pool if this exchange completed cleanly; close it otherwise."""
@@ -282,7 +320,7 @@ class UpstreamPool:
         chunked = body is not None and not isinstance(body, bytes) and length is None
         head = _head(method, target, headers, body, length, chunked)
         head_only = method == "HEAD"
-        conn = self._take()
+        conn = self.take_idle()
         if conn is not None:
             try:
                 return await conn.exchange(head, body, chunked, head_only)
@@ -293,7 +331,7 @@ class UpstreamPool:
             except BaseException:  # cancelled (the client went away, a timeout): the exchange is lost with it
                 conn.close()
                 raise
-        conn = await self._connect()
+        conn = await self.connect()
         try:
             return await conn.exchange(head, body, chunked, head_only)
         except BaseException:
@@ -310,14 +348,15 @@ class UpstreamPool:
         while self._idle:
             self._idle.pop().close()
 
-    def _take(self) -> _Connection | None:
+    def take_idle(self) -> _Connection | None:
+        """An idle kept-alive connection, or None when there is none (then :meth:`connect`)."""
         while self._idle:
             conn = self._idle.pop()
             if conn.lost is None and conn.transport is not None and not conn.transport.is_closing():
                 return conn
         return None
 
-    async def _connect(self) -> _Connection:
+    async def connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(lambda: _Connection(self, loop), self.host, self.port)
         return conn

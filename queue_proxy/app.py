@@ -1,6 +1,8 @@
 """Composes the queue-proxy: the gated proxy on the serving ports, probes, drain, stats and metrics.
 
-The main HTTP port, for every request, in this order:
+The main HTTP port, for every request, in this order (:meth:`QueueProxy.fast` takes the common case, a request
+that is no probe and gets a breaker slot at once, without a task; :meth:`QueueProxy.handle` the rest; both keep
+this order and record the same things):
   1. probes (kubelet user agents or a ``K-Network-Probe`` header) are answered here and never counted;
   2. the drainer notes the request (it restarts the quiet period while draining);
   3. stats count it as concurrency from now on (so queued requests count), proxied if the activator sent it;
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from common.breaker import Breaker
 from common.errors import ServelaneError, UpstreamTimeout, http_status_of
-from common.httpserver import HttpServer, Request, Response, get_routes
+from common.httpserver import Exchange, HttpServer, Request, Response, get_routes
 from common.proxy import TIMEOUT_MESSAGE, ProxyClient, Timeouts, upstream_headers
 from queue_proxy.config import QueueProxyConfig
 from queue_proxy.drain import Drainer
@@ -58,7 +60,7 @@ class QueueProxy:
         self.timeouts = Timeouts(config.timeout, config.response_start_timeout, config.idle_timeout)
         # Every port on the lean server (aiohttp would cost ~16 MB of RSS); bodies stream through the main one.
         self.servers = {
-            "http": HttpServer(self.handle),
+            "http": HttpServer(self.handle, fast=self.fast),
             "admin": HttpServer(get_routes({"/wait-for-drain": self.wait_for_drain})),
             "stats": HttpServer(self.reporter.handler()),
             "metrics": HttpServer(self.metrics.handler()),
@@ -146,6 +148,33 @@ class QueueProxy:
         finally:
             now = time.perf_counter()
             self.metrics.observe(status, now - started, None if app_started is None else now - app_started)
+
+    def fast(self, request: Request) -> Exchange | None:
+        """The serving port's fast lane: relay the request by callbacks (:meth:`ProxyClient.relay`) if it is no
+        probe and a breaker slot is free now; None leaves it to :meth:`handle` (a probe, or a request that must
+        queue)."""
+        headers = request.headers
+        if "K-Network-Probe" in headers or headers.get("User-Agent", "").startswith(PROBE_AGENTS):
+            return None
+        breaker = self.breaker
+        if breaker is not None and not breaker.try_acquire():
+            return None
+        started = time.perf_counter()
+        proxied = headers.get("K-Proxy-Request") == "activator"
+        self.drainer.touch()
+        self.stats.request_in(proxied)
+
+        def done(status: int) -> None:
+            if breaker is not None:
+                breaker.release()
+            self.stats.request_out(proxied)
+            seconds = time.perf_counter() - started
+            self.metrics.observe(status, seconds, seconds)
+
+        return self.client.relay(
+            request, self.config.upstream_url, headers=_upstream_headers(request), on_done=done,
+            timeouts=self.timeouts, started=started, timings=None if breaker is None else {"queue-wait": 0.0},
+        )  # fmt: skip
 
     async def _probe(self, request: Request) -> Response:
         value = request.headers.get("K-Network-Probe")

@@ -343,3 +343,76 @@ async def test_a_proxied_answer_keeps_the_upstreams_date_and_server_once(upstrea
         ]
     async with client.get(url(qp, "/"), headers={"User-Agent": "kube-probe/1.29"}) as response:  # answered here
         assert response.headers.getall("Server") == ["servelane"] and len(response.headers.getall("Date")) == 1
+
+
+# -- the fast lane (requests with whole bodies, relayed by callbacks) ------------------------------------------------
+def relays(qp) -> list:
+    from common.proxy import Relay
+
+    return [conn.active for conn in qp.servers["http"].connections if isinstance(conn.active, Relay)]
+
+
+async def test_client_going_away_drops_the_upstream_call_and_is_counted_499(upstream, start_queue_proxy, client):
+    qp = await start_queue_proxy(upstream.port, container_concurrency=4)
+    reader, writer = await asyncio.open_connection(HOST, qp.ports["http"])
+    writer.write(b"GET /hold HTTP/1.1\r\nHost: iris\r\n\r\n")
+    for _ in range(200):
+        if upstream.running:
+            break
+        await asyncio.sleep(0.01)
+    assert upstream.running == 1 and len(relays(qp)) == 1  # held at the upstream, in the fast lane
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(200):
+        if upstream.cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert upstream.cancelled == 1 and qp.breaker.in_flight == 0 and qp.stats.concurrency == 0
+    async with client.get(url(qp, "/metrics", "metrics")) as response:
+        text = await response.text()
+    assert [line for line in text.splitlines() if line.startswith("queue_requests_total{")
+            and 'response_code_class="4xx"' in line][0].endswith(" 1.0")  # fmt: skip
+
+
+async def test_a_kept_alive_connection_the_upstream_dropped_is_retried_once(start_queue_proxy, client):
+    """The race a keep-alive pool lives with: the upstream drops an idle connection just as a request goes out on
+    it. This upstream answers the first request on each connection and drops the connection at the second."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve, HOST, 0)
+    try:
+        qp = await start_queue_proxy(server.sockets[0].getsockname()[1])
+        for _ in range(3):
+            status, body, _ = await fetch(client, url(qp, "/x"))
+            assert (status, body) == (200, b"ok")
+        assert len(connections) == 3  # the second and third requests each went out twice: dropped, then retried
+    finally:
+        server.close()
+        for writer in connections:
+            writer.close()
+        await asyncio.sleep(0.05)
+
+
+async def test_pipelined_requests_are_answered_in_order(upstream, start_queue_proxy):
+    qp = await start_queue_proxy(upstream.port)
+    reader, writer = await asyncio.open_connection(HOST, qp.ports["http"])
+    writer.write(b"".join(b"GET /status/%d HTTP/1.1\r\nHost: iris\r\n\r\n" % code for code in (201, 202, 203)))
+    seen = []
+    for _ in range(3):
+        status_line = await reader.readline()
+        seen.append(int(status_line.split()[1]))
+        length = 0
+        while (line := await reader.readline()) != b"\r\n":
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        assert await reader.readexactly(length) == b"as asked"
+    writer.close()
+    await writer.wait_closed()
+    assert seen == [201, 202, 203]
