@@ -54,18 +54,21 @@ LINGER_SECONDS = 2.0
 
 class Response:
     """A whole response; or, from :meth:`streamed`, the status of one the handler already wrote. ``local``: made
-    here, so the server adds ``Date`` and ``Server``; a proxied answer (``local=False``) keeps the upstream's."""
+    here, so the server adds ``Date`` and ``Server``; a proxied answer (``local=False``) keeps the upstream's.
+    ``block``: header lines already encoded (``b"Name: value\\r\\n"`` each), written before ``headers``."""
 
-    __slots__ = ("status", "headers", "body", "sent", "local")
+    __slots__ = ("status", "headers", "body", "sent", "local", "block")
 
     def __init__(
-        self, status: int = 200, headers: Iterable[tuple[str, str]] = (), body: bytes = b"", *, local: bool = True
-    ) -> None:
+        self, status: int = 200, headers: Iterable[tuple[str, str]] = (), body: bytes = b"", *, local: bool = True,
+        block: bytes = b"",
+    ) -> None:  # fmt: skip
         self.status = status
         self.headers = list(headers)
         self.body = body
         self.sent = False
         self.local = local
+        self.block = block
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {len(self.body)} bytes{' sent' if self.sent else ''}>"
@@ -195,8 +198,11 @@ class Request:
         return self._started
 
     # -- writing a response in pieces --------------------------------------------------------------------------
-    def start_response(self, status: int, headers: Iterable[tuple[str, str]], length: int | None = None) -> None:
-        """Write the head; the body follows with :meth:`write` (chunked when ``length`` is None)."""
+    def start_response(
+        self, status: int, headers: Iterable[tuple[str, str]], length: int | None = None, *, block: bytes = b""
+    ) -> None:
+        """Write the head (``block``: more header lines, encoded); the body follows with :meth:`write` (chunked
+        when ``length`` is None)."""
         self._started = True
         framing = []
         if self._head_only or status in (204, 304):
@@ -207,7 +213,7 @@ class Request:
             self._chunked = True
             framing.append(("Transfer-Encoding", "chunked"))
         self.keep_alive = self._conn.reusable(self)
-        self._conn.write(self._conn.head(status, headers, framing, self.keep_alive))
+        self._conn.write(self._conn.head(status, headers, framing, self.keep_alive, block=block))
 
     async def write(self, data: bytes) -> None:
         if not data or self._head_only:
@@ -485,7 +491,7 @@ class _Connection(asyncio.Protocol):
             self.write(
                 self.head(
                     response.status, response.headers, _length(request, response), request.keep_alive,
-                    local=response.local,
+                    local=response.local, block=response.block,
                 )
                 + (b"" if request._head_only else response.body)
             )  # fmt: skip
@@ -525,9 +531,9 @@ class _Connection(asyncio.Protocol):
     # -- writing -----------------------------------------------------------------------------------------------
     def head(
         self, status: int, headers: Iterable[tuple[str, str]], framing: list[tuple[str, str]], keep_alive: bool,
-        *, local: bool = False,
+        *, local: bool = False, block: bytes = b"",
     ) -> bytes:  # fmt: skip
-        lines = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        lines = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown")), block]
         lines += [f"{k}: {v}\r\n".encode("latin-1") for k, v in (*headers, *framing)]
         if local:
             lines.append(b"Date: %b\r\nServer: servelane\r\n" % self.server.date())

@@ -57,7 +57,7 @@ HOP_BY_HOP = frozenset(
 )
 TIMEOUT_MESSAGE = "request timeout"
 _SKIP_OUT = HOP_BY_HOP | {"content-length", "expect"}  # the upstream client frames the body itself
-_SKIP_BACK = HOP_BY_HOP | {"content-length", "server-timing"}
+_SKIP_BACK_RAW = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "server-timing"})
 _FORWARDING = frozenset({"forwarded", "x-forwarded-proto", "x-forwarded-host"})
 
 
@@ -127,12 +127,10 @@ class ProxyClient:
                     request.method, request.target, outgoing, body, request.content_length
                 )
                 deadline.response_started()
-                timing = _server_timing(answer.headers, self.hop, started, timings)
-                out = response_headers(answer.headers, timing, reply_headers)
-                size = answer.content_length
-                if answer.complete or (size is not None and size <= self.buffer_limit and not _is_stream(answer)):
-                    return Response(answer.status, out, await answer.read(), local=False)
-                await _stream(request, answer, out, size, deadline)
+                block, size, stream = response_head(answer.raw, _hop_timing(self.hop, started, timings), reply_headers)
+                if answer.complete or (size is not None and size <= self.buffer_limit and not stream):
+                    return Response(answer.status, (), await answer.read(), local=False, block=block)
+                await _stream(request, answer, block, size, deadline)
                 return Response.streamed(answer.status)
         except TimeoutError:
             if not request.response_started:
@@ -168,9 +166,9 @@ class ProxyClient:
         return relay
 
 
-async def _stream(request: Request, answer: UpstreamResponse, out: list[tuple[str, str]], size: int | None,
+async def _stream(request: Request, answer: UpstreamResponse, block: bytes, size: int | None,
                   deadline: _Deadline) -> None:  # fmt: skip
-    request.start_response(answer.status, out, size)
+    request.start_response(answer.status, (), size, block=block)
     async for chunk in answer.chunks():
         await request.write(chunk)
         deadline.wrote()
@@ -183,7 +181,7 @@ class Relay:
 
     __slots__ = ("_client", "_request", "_upstream", "_headers", "_timeouts", "_started", "_timings",
                  "_reply_headers", "_on_done", "_loop", "_conn", "_answer", "_timer", "_t0", "_end", "_task",
-                 "_done", "_reused", "_timing", "_streaming")  # fmt: skip
+                 "_done", "_reused", "_block", "_streaming")  # fmt: skip
 
     def __init__(
         self, client: ProxyClient, request: Request, upstream: str, headers: list[tuple[str, str]],
@@ -203,7 +201,7 @@ class Relay:
         self._task: asyncio.Task[None] | None = None  # connecting, or streaming the response
         self._done = False
         self._reused = False
-        self._timing: str | None = None  # Server-Timing, once the upstream's head is in
+        self._block: bytes | None = None  # the response's header lines, once the upstream's head is in
         self._streaming = False
 
     def __repr__(self) -> str:
@@ -256,27 +254,22 @@ class Relay:
 
     # -- the upstream's Listener -------------------------------------------------------------------------------
     def on_head(self, answer: UpstreamResponse) -> None:
-        self._timing = _server_timing(answer.headers, self._client.hop, self._started, self._timings)
+        timing = _hop_timing(self._client.hop, self._started, self._timings)
+        self._block, size, stream = response_head(answer.raw, timing, self._reply_headers)
         timeouts = self._timeouts
         if timeouts.response_start is not None or timeouts.idle is not None:
             self._arm(timeouts.idle)
-        size = answer.content_length
-        if answer.complete or (size is not None and size <= self._client.buffer_limit and not _is_stream(answer)):
+        if answer.complete or (size is not None and size <= self._client.buffer_limit and not stream):
             return  # small: on_complete writes it whole
         assert self._conn is not None
         self._conn.listener = None  # the body streams, from a task, as forward() streams it
         self._disarm()
         self._streaming = True
-        self._task = self._loop.create_task(self._stream(answer))
+        self._task = self._loop.create_task(self._stream(answer, size))
 
     def on_complete(self, answer: UpstreamResponse) -> None:
         self._disarm()
-        try:
-            out = response_headers(answer.headers, self._timing, self._reply_headers)
-            response = Response(answer.status, out, answer.body(), local=False)
-        except Exception:  # a bug of ours must not leave the client waiting
-            log.exception("relaying the response to %s %s", self._request.method, self._request.path)
-            response = Response.error(500, "Internal server error")
+        response = Response(answer.status, (), answer.body(), local=False, block=self._block or b"")
         answer.release()
         self._reply(response)
 
@@ -284,7 +277,7 @@ class Relay:
         if self._answer is not None:
             self._answer.release()  # not complete: the connection is closed
         self._conn = self._answer = None
-        if self._reused and self._timing is None and isinstance(exc, OSError):
+        if self._reused and self._block is None and isinstance(exc, OSError):
             # a kept-alive connection the upstream had closed: once more, on a new one (as UpstreamPool.request),
             # under the same timer
             self._reused = False
@@ -330,15 +323,14 @@ class Relay:
         self._request.reply(response)
         self._on_done(response.status)
 
-    async def _stream(self, answer: UpstreamResponse) -> None:
+    async def _stream(self, answer: UpstreamResponse, size: int | None) -> None:
         request = self._request
         status = answer.status
         deadline = _Deadline(self._loop, self._timeouts, self._t0)
         try:
             with deadline:
                 deadline.response_started()
-                out = response_headers(answer.headers, self._timing, self._reply_headers)
-                await _stream(request, answer, out, answer.content_length, deadline)
+                await _stream(request, answer, self._block or b"", size, deadline)
         except (TimeoutError, OSError):
             request.abort()  # the response had started: it cannot get an error status any more
         except asyncio.CancelledError:
@@ -459,23 +451,42 @@ def _node(address: str) -> str:
     return f'"[{address}]"' if ":" in address else address
 
 
-def response_headers(
-    headers: Iterable[tuple[str, str]], server_timing: str | None = None, extra: Mapping[str, str] | None = None
-) -> list[tuple[str, str]]:
-    """An upstream's response headers as the client should get them: hop-by-hop gone, the length left for the
-    server to set again, ``Server-Timing`` replaced by ``server_timing`` when given, and ``extra`` replacing any header
-    of the same name."""
-    pairs = list(headers)
-    connection = next((value for key, value in pairs if key.lower() == "connection"), None)
-    skip = _SKIP_BACK if connection is None else _SKIP_BACK | _tokens(connection)
+def response_head(
+    raw: Iterable[tuple[bytes, bytes]], timing: str, extra: Mapping[str, str] | None = None
+) -> tuple[bytes, int | None, bool]:
+    """An upstream's response header fields (undecoded) as the client should get them, in one pass: hop-by-hop
+    ones gone (and those its Connection header names), the length left for the server to set again, this hop's
+    ``timing`` appended to ``Server-Timing``, and ``extra`` replacing any field of the same name. Returns the
+    header lines, encoded, with the upstream's Content-Length (None if it sent none) and whether the body is a
+    server-sent event stream."""
+    skip = _SKIP_BACK_RAW if not extra else _SKIP_BACK_RAW | {key.lower().encode("latin-1") for key in extra}
+    lines: list[bytes] = []
+    names: list[bytes] = []
+    timings: list[bytes] = []
+    length: int | None = None
+    stream = False
+    named: frozenset[bytes] = frozenset()
+    for name, value in raw:
+        lower = name.lower()
+        if lower in skip:
+            if lower == b"server-timing":
+                timings.append(value)
+            elif lower == b"content-length":
+                length = int(value) if value.isdigit() else None
+            elif lower == b"connection":
+                named = frozenset(token.strip().lower() for token in value.split(b",") if token.strip())
+            continue
+        if lower == b"content-type" and value.startswith(b"text/event-stream"):
+            stream = True
+        lines.append(b"%b: %b\r\n" % (name, value))
+        names.append(lower)
+    if named:
+        lines = [line for line, lower in zip(lines, names) if lower not in named]
+    timings.append(timing.encode("latin-1"))
+    lines.append(b"Server-Timing: %b\r\n" % b", ".join(timings))
     if extra:
-        skip = skip | {key.lower() for key in extra}
-    out = [(key, value) for key, value in pairs if key.lower() not in skip]
-    if server_timing is not None:
-        out.append(("Server-Timing", server_timing))
-    if extra:
-        out.extend(extra.items())
-    return out
+        lines.extend(f"{key}: {value}\r\n".encode("latin-1") for key, value in extra.items())
+    return b"".join(lines), length, stream
 
 
 def _tokens(connection: str) -> frozenset[str]:
@@ -483,18 +494,12 @@ def _tokens(connection: str) -> frozenset[str]:
     return frozenset(token.strip().lower() for token in connection.split(",") if token.strip())
 
 
-def _server_timing(
-    upstream: Iterable[tuple[str, str]], hop: str, started: float, extra: Mapping[str, float] | None
-) -> str:
-    entries = [f"{hop};dur={(time.perf_counter() - started) * 1000:.3f}"]
-    if extra:
-        entries.extend(f"{name};dur={seconds * 1000:.3f}" for name, seconds in extra.items())
-    existing = ", ".join(value for key, value in upstream if key.lower() == "server-timing")
-    return ", ".join([existing, *entries]) if existing else ", ".join(entries)
-
-
-def _is_stream(answer: UpstreamResponse) -> bool:
-    return (answer.header("Content-Type") or "").startswith("text/event-stream")
+def _hop_timing(hop: str, started: float, extra: Mapping[str, float] | None) -> str:
+    """This hop's ``Server-Timing`` entries: ``<hop>;dur=<ms>`` since ``started``, then any ``extra``."""
+    entry = f"{hop};dur={(time.perf_counter() - started) * 1000:.3f}"
+    if not extra:
+        return entry
+    return ", ".join([entry, *(f"{name};dur={seconds * 1000:.3f}" for name, seconds in extra.items())])
 
 
 def _reason(exc: OSError) -> str:

@@ -118,11 +118,11 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         if self.response is not None:
-            self.response.headers = []
+            self.response.raw = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.response is not None:
-            self.response.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            self.response.raw.append((name, value))
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -130,7 +130,7 @@ class _Connection(asyncio.Protocol):
             return
         response.status = self.parser.get_status_code()
         if response.status < 200:  # 1xx: an interim answer; the real head follows
-            response.headers = []
+            response.raw = []
             return
         if response.head_only or response.status in _NO_BODY_STATUSES:
             response.complete = True
@@ -216,7 +216,7 @@ class UpstreamResponse:
         "_conn",
         "head_only",
         "status",
-        "headers",
+        "raw",
         "complete",
         "keep_alive",
         "buffered",
@@ -229,7 +229,7 @@ class UpstreamResponse:
         self._conn = conn
         self.head_only = head_only
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        self.raw: list[tuple[bytes, bytes]] = []  # the header fields as they came, undecoded
         self.complete = False
         self.keep_alive = False
         self.buffered = 0
@@ -237,11 +237,15 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
 
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self.raw]
+
     def header(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.raw:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
         return None
 
     @property

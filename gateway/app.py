@@ -9,6 +9,8 @@ The HTTP port, for every request, in this order:
      the client's own Host, ``Knative-Serving-Revision``/``-Namespace`` added (clients' copies dropped), trace
      headers as they came, and the revision's timeout as the total timeout (504); Server-Timing gets ``gateway``;
   5. the lease is released and the outcome recorded in the metrics.
+Steps 1-5 run in :meth:`Gateway.fast` for a request with a whole body that routes to a replica (relayed by
+callbacks, :meth:`common.proxy.ProxyClient.relay`), and in :meth:`Gateway.handle` for everything else.
 Errors become responses here and only here (``{"error": ...}``, :meth:`common.httpserver.Response.error`).
 On an own-name Host, ``/v2/health/live``, ``/v2/health/ready`` and ``/v2`` are answered by the gateway itself.
 
@@ -28,7 +30,7 @@ import time
 from typing import TYPE_CHECKING
 
 from common.errors import ServelaneError, Unavailable
-from common.httpserver import Handler, HttpServer, Request, Response, get_routes
+from common.httpserver import Exchange, Handler, HttpServer, Request, Response, get_routes
 from common.proxy import ProxyClient, Timeouts, upstream_headers
 from common.request_ids import RequestIds
 from gateway.balancer import LeastOutstanding
@@ -36,7 +38,7 @@ from gateway.config import SERVER_NAME, SERVER_VERSION, GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Identity, RoutingTable, split_host
 from gateway.sources import ControllerSource, FileSource
-from gateway.state import RoutingState
+from gateway.state import Revision, RoutingState
 
 if TYPE_CHECKING:
     from common.grpc_proxy import GrpcProxy
@@ -61,7 +63,7 @@ class Gateway:
         self.client = ProxyClient("gateway")
         # Every port on the lean server; bodies stream through the serving one (the model server enforces its limit).
         self.servers = {
-            "http": HttpServer(self.handle),
+            "http": HttpServer(self.handle, fast=self.fast),
             "admin": HttpServer(self.admin_handler()),
             "metrics": HttpServer(self.metrics.handler()),
         }
@@ -164,10 +166,7 @@ class Gateway:
             target = table.route(host, request.path, request.headers.get("Knative-Serving-Tag"))
             revision = target.name
             with self.backends.acquire(target) as lease:
-                headers = upstream_headers(request, drop=_DROPPED)
-                headers += (("Knative-Serving-Revision", target.name), ("Knative-Serving-Namespace", target.namespace))
-                if not request_id:
-                    headers.append(("X-Request-Id", reply["X-Request-Id"]))
+                headers = _upstream_headers(request, target, request_id, reply)
                 response = await self.client.forward(
                     request, f"http://{lease.address}", headers=headers, timeouts=Timeouts(target.timeout),
                     started=started, reply_headers=reply,
@@ -185,6 +184,32 @@ class Gateway:
             return _error(500, "Internal server error", reply)
         finally:
             self.metrics.observe(revision, "http", status, time.perf_counter() - started)
+
+    def fast(self, request: Request) -> Exchange | None:
+        """The HTTP port's fast lane: a request that routes to a backend is relayed by callbacks
+        (:meth:`ProxyClient.relay`); None leaves the rest (no routing state yet, a local path, a 404, a 503) to
+        :meth:`handle`, which answers them."""
+        table = self.table
+        if table is None or request.path in _LOCAL_PATHS:
+            return None
+        started = time.perf_counter()
+        headers = request.headers
+        try:
+            target = table.route(headers.get("Host"), request.path, headers.get("Knative-Serving-Tag"))
+            lease = self.backends.acquire(target)
+        except ServelaneError:
+            return None
+        request_id = headers.get("X-Request-Id") or ""
+        reply = {"X-Request-Id": request_id or self.request_ids.new()}
+
+        def done(status: int) -> None:
+            lease.release()
+            self.metrics.observe(target.name, "http", status, time.perf_counter() - started)
+
+        return self.client.relay(
+            request, f"http://{lease.address}", headers=_upstream_headers(request, target, request_id, reply),
+            on_done=done, timeouts=Timeouts(target.timeout), started=started, reply_headers=reply,
+        )  # fmt: skip
 
     def _answer_locally(self, path: str, reply: dict[str, str]) -> Response:
         if path == "/v2":
@@ -209,6 +234,18 @@ class Gateway:
         if self.state is None:
             return Response.error(503, "no routing state yet")
         return Response.json(self.state.to_dict())
+
+
+def _upstream_headers(
+    request: Request, target: Revision, request_id: str, reply: dict[str, str]
+) -> list[tuple[str, str]]:
+    """What the revision's queue-proxy gets: the request's headers (Knative's own dropped) plus its revision, and
+    the request id the gateway made when the client sent none."""
+    headers = upstream_headers(request, drop=_DROPPED)
+    headers += (("Knative-Serving-Revision", target.name), ("Knative-Serving-Namespace", target.namespace))
+    if not request_id:
+        headers.append(("X-Request-Id", reply["X-Request-Id"]))
+    return headers
 
 
 def _error(status: int, message: str, reply: dict[str, str]) -> Response:

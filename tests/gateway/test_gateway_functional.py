@@ -278,3 +278,24 @@ async def test_without_a_grpc_port(replicas, start_gateway, client) -> None:
     assert "grpc" not in gateway.ports and gateway.grpc is None
     status, body, _ = await call(client, gateway, "/v2/models/other-model/infer")
     assert (status, body["backend"]) == (200, "other")
+
+
+async def test_a_client_leaving_in_the_fast_lane_releases_its_replica_and_counts_499(
+    replicas, start_gateway, client
+) -> None:
+    from common.proxy import Relay
+
+    gateway = await start_gateway(document(replicas, canary=0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["http"])
+    writer.write(b"GET /hold HTTP/1.1\r\nHost: sklearn-iris-predictor.default.example.com\r\n\r\n")
+    await eventually(lambda: replicas["predictor-1"].holding == 1)
+    relays = [c.active for c in gateway.servers["http"].connections if isinstance(c.active, Relay)]
+    assert len(relays) == 1 and gateway.backends.in_flight() == {"sklearn-iris-predictor-00001": 1}
+    writer.close()
+    await writer.wait_closed()
+    await eventually(lambda: replicas["predictor-1"].holding == 0 and not any(gateway.backends.in_flight().values()))
+    async with client.get(url(gateway, "/metrics", "metrics")) as response:
+        text = await response.text()
+    counted = [line for line in text.splitlines() if line.startswith("gateway_requests_total{")
+               and "sklearn-iris-predictor-00001" in line and 'response_code_class="4xx"' in line]  # fmt: skip
+    assert len(counted) == 1 and counted[0].endswith(" 1.0")
