@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 HIGH_WATER = 1024 * 1024
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 _SWEEP_SECONDS = 5.0
 LINGER_SECONDS = 2.0
 
@@ -153,14 +154,17 @@ class BodyStream:
 class Request:
     """One request: its head, its body (``body`` when read whole, else ``stream``), and the response's writer."""
 
-    __slots__ = ("method", "target", "headers", "version", "keep_alive", "body", "stream", "content_length",
-                 "complete", "_conn", "_started", "_chunked", "_head_only", "_buffer")  # fmt: skip
+    __slots__ = ("method", "target", "raw_headers", "version", "keep_alive", "body", "stream", "content_length",
+                 "complete", "_conn", "_started", "_chunked", "_head_only", "_buffer", "_headers")  # fmt: skip
 
-    def __init__(self, conn: _Connection, method: str, target: str, headers: CIMultiDict[str], version: str) -> None:
+    def __init__(
+        self, conn: _Connection, method: str, target: str, raw_headers: list[tuple[bytes, bytes]], version: str
+    ) -> None:
         self._conn = conn
         self.method = method
         self.target = target  # as sent: path and query, still percent-encoded
-        self.headers = headers
+        self.raw_headers = raw_headers  # the header fields as they came, undecoded
+        self._headers: CIMultiDict[str] | None = None
         self.version = version
         self.keep_alive = True
         self.body: bytes | None = None
@@ -182,8 +186,26 @@ class Request:
         return unquote(path) if "%" in path else path
 
     @property
+    def headers(self) -> CIMultiDict[str]:
+        """The header fields, decoded, made on first use (a proxy hop reads :meth:`header` and ``raw_headers``)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = CIMultiDict(
+                [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self.raw_headers]
+            )
+        return headers
+
+    def header(self, name: bytes) -> str | None:
+        """The first field called ``name`` (lower-case), without decoding the others."""
+        size = len(name)
+        for key, value in self.raw_headers:
+            if len(key) == size and key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+    @property
     def host(self) -> str:
-        return self.headers.get("Host", "")
+        return self.header(b"host") or ""
 
     @property
     def remote(self) -> str:
@@ -354,7 +376,7 @@ class _Connection(asyncio.Protocol):
         self.finished: asyncio.Future[None] = self.loop.create_future()  # set when the connection is gone
         self.last_used = self.loop.time()
         self._url: list[bytes] = []
-        self._headers: list[tuple[str, str]] = []
+        self._raw: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._flow = WriteFlow(self.loop)
         self._reading_paused = False
@@ -405,7 +427,7 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._url, self._headers, self._head_bytes = [], [], 0
+        self._url, self._raw, self._head_bytes = [], [], 0
         self.head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
@@ -413,25 +435,32 @@ class _Connection(asyncio.Protocol):
         self._grow(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._raw.append((name, value))
         self._grow(len(name) + len(value))
 
     def on_headers_complete(self) -> None:
         self.head_started = None
         parser = self.parser
+        method = parser.get_method()
+        raw = self._raw
         request = Request(
-            self, parser.get_method().decode(), b"".join(self._url).decode("latin-1"), CIMultiDict(self._headers),
+            self, _METHODS.get(method) or method.decode(), b"".join(self._url).decode("latin-1"), raw,
             parser.get_http_version(),
         )  # fmt: skip
         request.keep_alive = parser.should_keep_alive() and not self.server.closing
-        headers = request.headers
-        length = headers.get("Content-Length")
-        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        length, chunked, expect = None, False, False
+        for name, value in raw:  # the framing fields, found by length first: most fields are not looked at twice
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
+                length = value
+            elif size == 17 and name.lower() == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif size == 6 and name.lower() == b"expect":
+                expect = value.lower() == b"100-continue"
         request.content_length = int(length) if length is not None and length.isdigit() else None
         self.current = request
         if not chunked and not request.content_length:
             return  # no body: dispatched when the message completes, at once
-        expect = headers.get("Expect", "").lower() == "100-continue"
         if not chunked and request.content_length <= self.server.buffer_limit:  # type: ignore[operator]
             request._buffer = []
             if expect:

@@ -56,9 +56,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 TIMEOUT_MESSAGE = "request timeout"
-_SKIP_OUT = HOP_BY_HOP | {"content-length", "expect"}  # the upstream client frames the body itself
+_SKIP_OUT_RAW = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "expect"})  # framed again
 _SKIP_BACK_RAW = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "server-timing"})
-_FORWARDING = frozenset({"forwarded", "x-forwarded-proto", "x-forwarded-host"})
+_FORWARDING_RAW = frozenset({b"forwarded", b"x-forwarded-proto", b"x-forwarded-host"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,7 @@ class ProxyClient:
         request: Request,
         upstream: str,
         *,
-        headers: list[tuple[str, str]] | None = None,
+        headers: bytes | None = None,
         timeouts: Timeouts = Timeouts(),
         started: float | None = None,
         timings: Mapping[str, float] | None = None,
@@ -150,7 +150,7 @@ class ProxyClient:
         request: Request,
         upstream: str,
         *,
-        headers: list[tuple[str, str]],
+        headers: bytes,
         on_done: Callable[[int], None],
         timeouts: Timeouts = Timeouts(),
         started: float | None = None,
@@ -184,7 +184,7 @@ class Relay:
                  "_done", "_reused", "_block", "_streaming")  # fmt: skip
 
     def __init__(
-        self, client: ProxyClient, request: Request, upstream: str, headers: list[tuple[str, str]],
+        self, client: ProxyClient, request: Request, upstream: str, headers: bytes,
         timeouts: Timeouts, started: float | None, timings: Mapping[str, float] | None,
         reply_headers: Mapping[str, str] | None, on_done: Callable[[int], None],
     ) -> None:  # fmt: skip
@@ -400,51 +400,66 @@ class _Deadline:
 
 
 def upstream_headers(
-    request: Request, *, drop: frozenset[str] = frozenset(), host: str | None = None
-) -> list[tuple[str, str]]:
-    """The request's headers as an upstream should get them, in one pass: hop-by-hop and body framing gone (the
-    client frames the body), ``drop`` (lower-case names) gone, Host replaced by ``host`` if given, X-Forwarded-*
-    set and a Forwarded header synthesised from them when the request has none."""
-    incoming = request.headers
-    connection = incoming.get("Connection")
-    skip = _SKIP_OUT | drop if connection is None else _SKIP_OUT | drop | _tokens(connection)
-    out: list[tuple[str, str]] = []
-    previous = None
-    seen: set[str] = set()
-    for key, value in incoming.items():
-        lower = key.lower()
+    request: Request, *, drop: frozenset[bytes] = frozenset(), host: str | None = None
+) -> bytes:
+    """The request's header fields as an upstream should get them, encoded, in one pass over the undecoded ones:
+    hop-by-hop fields and body framing gone (the client frames the body), with those the Connection header names;
+    ``drop`` (lower-case names) gone; Host replaced by ``host`` if given; X-Forwarded-* set and a Forwarded header
+    synthesised from them when the request has none."""
+    connection = request.header(b"connection")
+    skip = _SKIP_OUT_RAW | drop
+    if connection is not None:
+        skip = skip | frozenset(t.strip().lower().encode("latin-1") for t in connection.split(",") if t.strip())
+    lines: list[bytes] = []
+    chain: list[bytes] = []  # every X-Forwarded-For value, in order
+    seen: dict[bytes, bytes] = {}  # the first Forwarded / X-Forwarded-Proto / X-Forwarded-Host
+    for name, value in request.raw_headers:
+        lower = name.lower()
         if lower in skip:
             continue
-        if lower == "x-forwarded-for":
-            previous = value if previous is None else f"{previous}, {value}"
+        if lower == b"x-forwarded-for":
+            chain.append(value)
             continue
-        if lower == "host" and host:
-            value = host
-        elif lower in _FORWARDING:
-            seen.add(lower)
-        out.append((key, value))
-    remote = request.remote or ""
-    if "forwarded" not in seen:
-        out.append(("Forwarded", forwarded(incoming, remote, request.scheme, request.host)))
-    out.append(("X-Forwarded-For", f"{previous}, {remote}" if previous else remote))
-    if "x-forwarded-proto" not in seen:
-        out.append(("X-Forwarded-Proto", request.scheme))
-    if "x-forwarded-host" not in seen and request.host:
-        out.append(("X-Forwarded-Host", request.host))
-    return out
+        if lower == b"host" and host:
+            value = host.encode("latin-1")
+        elif lower in _FORWARDING_RAW:
+            seen.setdefault(lower, value)
+        lines.append(b"%b: %b\r\n" % (name, value))
+    remote, scheme, own_host = request.remote or "", request.scheme, request.host
+    if b"forwarded" not in seen:
+        value = forwarded(
+            chain[0].decode("latin-1") if chain else "", remote, scheme, own_host,
+            _decoded(seen.get(b"x-forwarded-host")), _decoded(seen.get(b"x-forwarded-proto")),
+        )  # fmt: skip
+        lines.append(b"Forwarded: %b\r\n" % value.encode("latin-1"))
+    encoded = remote.encode("latin-1")
+    lines.append(b"X-Forwarded-For: %b\r\n" % (b", ".join([*chain, encoded]) if chain else encoded))
+    if b"x-forwarded-proto" not in seen:
+        lines.append(b"X-Forwarded-Proto: %b\r\n" % scheme.encode("latin-1"))
+    if b"x-forwarded-host" not in seen and own_host:
+        lines.append(b"X-Forwarded-Host: %b\r\n" % own_host.encode("latin-1"))
+    return b"".join(lines)
 
 
-def forwarded(incoming: Mapping[str, str], remote: str, scheme: str, host: str) -> str:
-    """A ``Forwarded`` value from the X-Forwarded-* headers (Knative's shim), or from this connection if none."""
-    chain = [node.strip() for node in incoming.get("X-Forwarded-For", "").split(",") if node.strip()]
-    if not chain:
+def _decoded(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def forwarded(
+    chain: str, remote: str, scheme: str, host: str, forwarded_host: str | None = None,
+    forwarded_proto: str | None = None,
+) -> str:  # fmt: skip
+    """A ``Forwarded`` value from the X-Forwarded-* headers (Knative's shim: ``chain`` is the first X-Forwarded-For
+    value), or from this connection if there are none."""
+    nodes = [node.strip() for node in chain.split(",") if node.strip()]
+    if not nodes:
         return f"for={_node(remote)};host={host};proto={scheme}" if host else f"for={_node(remote)};proto={scheme}"
-    first = f"for={_node(chain[0])}"
-    if "X-Forwarded-Host" in incoming:
-        first += f";host={incoming['X-Forwarded-Host']}"
-    if "X-Forwarded-Proto" in incoming:
-        first += f";proto={incoming['X-Forwarded-Proto']}"
-    return ", ".join([first, *(f"for={_node(node)}" for node in chain[1:])])
+    first = f"for={_node(nodes[0])}"
+    if forwarded_host is not None:
+        first += f";host={forwarded_host}"
+    if forwarded_proto is not None:
+        first += f";proto={forwarded_proto}"
+    return ", ".join([first, *(f"for={_node(node)}" for node in nodes[1:])])
 
 
 def _node(address: str) -> str:
@@ -487,11 +502,6 @@ def response_head(
     if extra:
         lines.extend(f"{key}: {value}\r\n".encode("latin-1") for key, value in extra.items())
     return b"".join(lines), length, stream
-
-
-def _tokens(connection: str) -> frozenset[str]:
-    """The header names a Connection header lists: hop-by-hop for this exchange only."""
-    return frozenset(token.strip().lower() for token in connection.split(",") if token.strip())
 
 
 def _hop_timing(hop: str, started: float, extra: Mapping[str, float] | None) -> str:

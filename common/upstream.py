@@ -369,18 +369,20 @@ class UpstreamPool:
 def _head(
     method: str,
     target: str,
-    headers: Iterable[tuple[str, str]],
+    headers: Iterable[tuple[str, str]] | bytes,
     body: bytes | StreamedBody | None,
     length: int | None,
     chunked: bool,
 ) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    """The request head: ``headers`` as (name, value) pairs, or as header lines already encoded."""
     if isinstance(body, bytes):
-        lines.append(f"Content-Length: {len(body)}\r\n")
+        framing = b"Content-Length: %d\r\n" % len(body)
     elif chunked:
-        lines.append("Transfer-Encoding: chunked\r\n")
+        framing = b"Transfer-Encoding: chunked\r\n"
     elif body is not None:
-        lines.append(f"Content-Length: {length}\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+        framing = b"Content-Length: %d\r\n" % (length or 0)
+    else:
+        framing = b""
+    if not isinstance(headers, bytes):
+        headers = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+    return b"%b %b HTTP/1.1\r\n%b%b\r\n" % (method.encode(), target.encode("latin-1"), headers, framing)

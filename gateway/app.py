@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Never taken from a client: the gateway sets the first two itself; the queue-proxy would make the third the Host.
-_DROPPED = frozenset({"knative-serving-revision", "knative-serving-namespace", "k-original-host"})
+_DROPPED = frozenset({b"knative-serving-revision", b"knative-serving-namespace", b"k-original-host"})
 _LOCAL_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/v2"})
 
 
@@ -193,13 +193,12 @@ class Gateway:
         if table is None or request.path in _LOCAL_PATHS:
             return None
         started = time.perf_counter()
-        headers = request.headers
         try:
-            target = table.route(headers.get("Host"), request.path, headers.get("Knative-Serving-Tag"))
+            target = table.route(request.header(b"host"), request.path, request.header(b"knative-serving-tag"))
             lease = self.backends.acquire(target)
         except ServelaneError:
             return None
-        request_id = headers.get("X-Request-Id") or ""
+        request_id = request.header(b"x-request-id") or ""
         reply = {"X-Request-Id": request_id or self.request_ids.new()}
 
         def done(status: int) -> None:
@@ -236,16 +235,13 @@ class Gateway:
         return Response.json(self.state.to_dict())
 
 
-def _upstream_headers(
-    request: Request, target: Revision, request_id: str, reply: dict[str, str]
-) -> list[tuple[str, str]]:
+def _upstream_headers(request: Request, target: Revision, request_id: str, reply: dict[str, str]) -> bytes:
     """What the revision's queue-proxy gets: the request's headers (Knative's own dropped) plus its revision, and
     the request id the gateway made when the client sent none."""
-    headers = upstream_headers(request, drop=_DROPPED)
-    headers += (("Knative-Serving-Revision", target.name), ("Knative-Serving-Namespace", target.namespace))
+    added = f"Knative-Serving-Revision: {target.name}\r\nKnative-Serving-Namespace: {target.namespace}\r\n"
     if not request_id:
-        headers.append(("X-Request-Id", reply["X-Request-Id"]))
-    return headers
+        added += f"X-Request-Id: {reply['X-Request-Id']}\r\n"
+    return upstream_headers(request, drop=_DROPPED) + added.encode("latin-1")
 
 
 def _error(status: int, message: str, reply: dict[str, str]) -> Response:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 PROBE_AGENTS = ("kube-probe/", "Knative-Activator-Probe", "Knative-Autoscaling-Probe")
 # Never reach the model server, over HTTP or gRPC.
 _KNATIVE_HEADERS = frozenset({"knative-serving-revision", "knative-serving-namespace", "k-original-host"})
+_KNATIVE_FIELDS = frozenset(name.encode() for name in _KNATIVE_HEADERS)
 
 
 class QueueProxy:
@@ -153,14 +154,15 @@ class QueueProxy:
         """The serving port's fast lane: relay the request by callbacks (:meth:`ProxyClient.relay`) if it is no
         probe and a breaker slot is free now; None leaves it to :meth:`handle` (a probe, or a request that must
         queue)."""
-        headers = request.headers
-        if "K-Network-Probe" in headers or headers.get("User-Agent", "").startswith(PROBE_AGENTS):
+        if request.header(b"k-network-probe") is not None or (request.header(b"user-agent") or "").startswith(
+            PROBE_AGENTS
+        ):
             return None
         breaker = self.breaker
         if breaker is not None and not breaker.try_acquire():
             return None
         started = time.perf_counter()
-        proxied = headers.get("K-Proxy-Request") == "activator"
+        proxied = request.header(b"k-proxy-request") == "activator"
         self.drainer.touch()
         self.stats.request_in(proxied)
 
@@ -293,6 +295,6 @@ class GrpcAdmission(Admission):
         self.qp.metrics.observe(http_status_of(self.outcome.code), now - self.started, now - self.admitted_at)
 
 
-def _upstream_headers(request: Request) -> list[tuple[str, str]]:
+def _upstream_headers(request: Request) -> bytes:
     """What the model server gets: Knative's routing headers gone, ``K-Original-Host`` back as Host."""
-    return upstream_headers(request, drop=_KNATIVE_HEADERS, host=request.headers.get("K-Original-Host"))
+    return upstream_headers(request, drop=_KNATIVE_FIELDS, host=request.header(b"k-original-host"))
