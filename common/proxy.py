@@ -29,6 +29,7 @@ task when its head arrives, and goes on exactly as in :meth:`forward`; so do the
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -474,7 +475,7 @@ def response_head(
     ``timing`` appended to ``Server-Timing``, and ``extra`` replacing any field of the same name. Returns the
     header lines, encoded, with the upstream's Content-Length (None if it sent none) and whether the body is a
     server-sent event stream."""
-    skip = _SKIP_BACK_RAW if not extra else _SKIP_BACK_RAW | {key.lower().encode("latin-1") for key in extra}
+    skip = _SKIP_BACK_RAW if not extra else _skip_back(tuple(extra))
     lines: list[bytes] = []
     names: list[bytes] = []
     timings: list[bytes] = []
@@ -502,6 +503,12 @@ def response_head(
     if extra:
         lines.extend(f"{key}: {value}\r\n".encode("latin-1") for key, value in extra.items())
     return b"".join(lines), length, stream
+
+
+@functools.lru_cache(maxsize=64)
+def _skip_back(replaced: tuple[str, ...]) -> frozenset[bytes]:
+    """The response fields not passed back when a hop sets ``replaced`` itself (the same few names every time)."""
+    return _SKIP_BACK_RAW | {key.lower().encode("latin-1") for key in replaced}
 
 
 def _hop_timing(hop: str, started: float, extra: Mapping[str, float] | None) -> str:

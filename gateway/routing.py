@@ -76,6 +76,9 @@ class Destination:
         return f"<Destination {where} {'pinned=' + self.pinned if self.pinned else dict(self.split)}>"
 
 
+MATCHES_KEPT = 1024
+
+
 class RoutingTable:
     def __init__(
         self,
@@ -93,6 +96,7 @@ class RoutingTable:
         self._ports = identity.ports
         self._any_address = identity.any_address
         self.hosts, self.models, self.conflicts = _index(state.services, self.domain)
+        self._matched: dict[tuple[str | None, str], Destination] = {}  # (Host, path) -> where it went
 
     def __repr__(self) -> str:
         return f"<RoutingTable v{self.state.version} {self.domain} hosts={len(self.hosts)} models={len(self.models)}>"
@@ -103,7 +107,19 @@ class RoutingTable:
 
     # -- matching --------------------------------------------------------------------------------------------
     def match(self, host: str | None, path: str) -> Destination:
-        """The destination of an HTTP request: by Host, or by the model in the path when the Host is our own."""
+        """The destination of an HTTP request: by Host, or by the model in the path when the Host is our own.
+        Matches are remembered for this table (at most MATCHES_KEPT of them; a table lives until the next
+        routing state), since a service sees the same few hosts and paths over and over."""
+        key = (host, path)
+        destination = self._matched.get(key)
+        if destination is None:
+            destination = self._match(host, path)
+            if len(self._matched) >= MATCHES_KEPT:
+                self._matched.clear()  # many distinct hosts or paths: start again rather than grow
+            self._matched[key] = destination
+        return destination
+
+    def _match(self, host: str | None, path: str) -> Destination:
         destination = self.match_host(host)
         if destination is not None:
             return destination

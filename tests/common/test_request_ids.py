@@ -18,3 +18,10 @@ def test_ids_are_uuid4_shaped_and_distinct():
 def test_a_seeded_generator_repeats_and_two_unseeded_ones_differ():
     assert RequestIds(random.Random(7)).new() == RequestIds(random.Random(7)).new()
     assert RequestIds().new() != RequestIds().new()
+
+
+def test_the_same_ids_as_the_uuid_module_makes_from_the_same_bits():
+    bits = random.Random(3)
+    expected = [str(uuid.UUID(int=bits.getrandbits(128), version=4)) for _ in range(1000)]
+    ids = RequestIds(random.Random(3))
+    assert [ids.new() for _ in range(1000)] == expected

@@ -212,3 +212,16 @@ def test_split_host(host: str | None, parts: tuple[str, int | None]) -> None:
 )  # fmt: skip
 def test_model_of_path(path: str, parts: tuple[str | None, str]) -> None:
     assert model_of_path(path) == parts
+
+
+def test_matches_are_remembered_within_bounds(table: RoutingTable) -> None:
+    from gateway import routing
+
+    first = table.match("sklearn-iris.default.example.com", "/v1/models/sklearn-iris:predict")
+    assert table.match("sklearn-iris.default.example.com", "/v1/models/sklearn-iris:predict") is first
+    for n in range(routing.MATCHES_KEPT + 10):  # a client sending many distinct paths does not grow it for ever
+        table.match(None, f"/v1/models/sklearn-iris:predict?n={n}")
+    assert len(table._matched) <= routing.MATCHES_KEPT
+    with pytest.raises(NotFound):  # a miss is not remembered, and still a 404
+        table.match("nowhere.example.com", "/")
+    assert ("nowhere.example.com", "/") not in table._matched
