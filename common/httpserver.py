@@ -628,4 +628,6 @@ class _Connection(asyncio.Protocol):
 def _length(request: Request, response: Response) -> list[tuple[str, str]]:
     if response.status in (204, 304) or (response.status < 200):
         return []
+    if request._head_only and not response.local:  # a proxied answer to HEAD carries the upstream's own length
+        return []
     return [("Content-Length", str(len(response.body)))]

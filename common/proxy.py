@@ -128,7 +128,8 @@ class ProxyClient:
                     request.method, request.target, outgoing, body, request.content_length
                 )
                 deadline.response_started()
-                block, size, stream = response_head(answer.raw, _hop_timing(self.hop, started, timings), reply_headers)
+                timing = _hop_timing(self.hop, started, timings)
+                block, size, stream = response_head(answer.raw, timing, reply_headers, head_only=answer.head_only)
                 if answer.complete or (size is not None and size <= self.buffer_limit and not stream):
                     return Response(answer.status, (), await answer.read(), local=False, block=block)
                 await _stream(request, answer, block, size, deadline)
@@ -256,13 +257,17 @@ class Relay:
     # -- the upstream's Listener -------------------------------------------------------------------------------
     def on_head(self, answer: UpstreamResponse) -> None:
         timing = _hop_timing(self._client.hop, self._started, self._timings)
-        self._block, size, stream = response_head(answer.raw, timing, self._reply_headers)
+        self._block, size, stream = response_head(answer.raw, timing, self._reply_headers, head_only=answer.head_only)
         timeouts = self._timeouts
         if timeouts.response_start is not None or timeouts.idle is not None:
             self._arm(timeouts.idle)
+        assert self._conn is not None
+        if answer.head_only:  # the answer to HEAD is all head, whatever length it announces: done now
+            self._conn.listener = None
+            self.on_complete(answer)
+            return
         if answer.complete or (size is not None and size <= self._client.buffer_limit and not stream):
             return  # small: on_complete writes it whole
-        assert self._conn is not None
         self._conn.listener = None  # the body streams, from a task, as forward() streams it
         self._disarm()
         self._streaming = True
@@ -468,13 +473,13 @@ def _node(address: str) -> str:
 
 
 def response_head(
-    raw: Iterable[tuple[bytes, bytes]], timing: str, extra: Mapping[str, str] | None = None
+    raw: Iterable[tuple[bytes, bytes]], timing: str, extra: Mapping[str, str] | None = None, *, head_only: bool = False
 ) -> tuple[bytes, int | None, bool]:
     """An upstream's response header fields (undecoded) as the client should get them, in one pass: hop-by-hop
-    ones gone (and those its Connection header names), the length left for the server to set again, this hop's
-    ``timing`` appended to ``Server-Timing``, and ``extra`` replacing any field of the same name. Returns the
-    header lines, encoded, with the upstream's Content-Length (None if it sent none) and whether the body is a
-    server-sent event stream."""
+    ones gone (and those its Connection header names), the length left for the server to set again (kept, for
+    the answer to a HEAD, which has no body to measure), this hop's ``timing`` appended to ``Server-Timing``, and
+    ``extra`` replacing any field of the same name. Returns the header lines, encoded, with the upstream's
+    Content-Length (None if it sent none) and whether the body is a server-sent event stream."""
     skip = _SKIP_BACK_RAW if not extra else _skip_back(tuple(extra))
     lines: list[bytes] = []
     names: list[bytes] = []
@@ -489,6 +494,9 @@ def response_head(
                 timings.append(value)
             elif lower == b"content-length":
                 length = int(value) if value.isdigit() else None
+                if head_only and length is not None:
+                    lines.append(b"Content-Length: %d\r\n" % length)
+                    names.append(lower)
             elif lower == b"connection":
                 named = frozenset(token.strip().lower() for token in value.split(b",") if token.strip())
             continue

@@ -416,3 +416,14 @@ async def test_pipelined_requests_are_answered_in_order(upstream, start_queue_pr
     writer.close()
     await writer.wait_closed()
     assert seen == [201, 202, 203]
+
+
+async def test_head_requests_in_the_fast_lane(upstream, start_queue_proxy, client):
+    """A response to HEAD announces a length it never sends: the relay must not wait for that body."""
+    qp = await start_queue_proxy(upstream.port, timeout=5)
+    for _ in range(2):  # the first on a new upstream connection, the second on a kept-alive one
+        async with client.head(url(qp, "/status/200")) as response:
+            assert response.status == 200 and response.headers["Content-Length"] == "8"
+            assert await response.read() == b""
+    status, body, _ = await fetch(client, url(qp, "/status/201"))  # and the connection after it still works
+    assert (status, body) == (201, b"as asked")
