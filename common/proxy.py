@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from common.errors import UpstreamError, UpstreamTimeout
+from common.errors import ServelaneError, UpstreamError, UpstreamTimeout
 from common.httpserver import Request, Response
 from common.upstream import UpstreamPool, UpstreamResponse, _Connection, _head
 
@@ -139,7 +139,7 @@ class ProxyClient:
                 raise UpstreamTimeout(TIMEOUT_MESSAGE) from None
         except OSError as exc:  # refused, reset, or closed before the response was complete
             if not request.response_started:
-                raise UpstreamError(f"upstream {upstream} failed: {_reason(exc)}") from None
+                raise _unreachable(upstream, exc) from None
         finally:
             if answer is not None:
                 answer.release()
@@ -242,7 +242,7 @@ class Relay:
             conn = await self._client._pool(self._upstream).connect()
         except OSError as exc:
             self._task = None
-            self._reply(Response.error(502, f"upstream {self._upstream} failed: {_reason(exc)}"))
+            self._fail(_unreachable(self._upstream, exc))
             return
         self._task = None
         self._send(conn)
@@ -290,7 +290,7 @@ class Relay:
             self._task = self._loop.create_task(self._connect())
             return
         self._disarm()
-        self._reply(Response.error(502, f"upstream {self._upstream} failed: {_reason(exc)}"))
+        self._fail(_unreachable(self._upstream, exc))
 
     # -- the timer and the end -----------------------------------------------------------------------------------
     def _arm(self, stage: float | None) -> None:
@@ -309,7 +309,7 @@ class Relay:
         if self._done or self._streaming:
             return
         self._stop_upstream()
-        self._reply(Response.error(504, TIMEOUT_MESSAGE))
+        self._fail(UpstreamTimeout(TIMEOUT_MESSAGE))
 
     def _stop_upstream(self) -> None:
         """Drop the upstream call: the connection (or the attempt to make one) goes, the timer too."""
@@ -322,6 +322,9 @@ class Relay:
         if self._answer is not None:
             self._answer.release()  # not complete: closed
         self._conn = self._answer = None
+
+    def _fail(self, error: ServelaneError) -> None:
+        self._reply(Response.error(error.http_status, error.message))
 
     def _reply(self, response: Response) -> None:
         self._disarm()
@@ -525,6 +528,10 @@ def _hop_timing(hop: str, started: float, extra: Mapping[str, float] | None) -> 
     if not extra:
         return entry
     return ", ".join([entry, *(f"{name};dur={seconds * 1000:.3f}" for name, seconds in extra.items())])
+
+
+def _unreachable(upstream: str, exc: OSError) -> UpstreamError:
+    return UpstreamError(f"upstream {upstream} failed: {_reason(exc)}")
 
 
 def _reason(exc: OSError) -> str:

@@ -237,21 +237,12 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
 
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self.raw]
-
     def header(self, name: str) -> str | None:
         wanted = name.lower().encode("latin-1")
         for key, value in self.raw:
             if key.lower() == wanted:
                 return value.decode("latin-1")
         return None
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.header("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING
 
 from common.breaker import Breaker
@@ -40,6 +40,7 @@ PROBE_AGENTS = ("kube-probe/", "Knative-Activator-Probe", "Knative-Autoscaling-P
 # Never reach the model server, over HTTP or gRPC.
 _KNATIVE_HEADERS = frozenset({"knative-serving-revision", "knative-serving-namespace", "k-original-host"})
 _KNATIVE_FIELDS = frozenset(name.encode() for name in _KNATIVE_HEADERS)
+_NO_QUEUE_WAIT = MappingProxyType({"queue-wait": 0.0})  # Server-Timing of a request that got its slot at once
 
 
 class QueueProxy:
@@ -175,7 +176,7 @@ class QueueProxy:
 
         return self.client.relay(
             request, self.config.upstream_url, headers=_upstream_headers(request), on_done=done,
-            timeouts=self.timeouts, started=started, timings=None if breaker is None else {"queue-wait": 0.0},
+            timeouts=self.timeouts, started=started, timings=None if breaker is None else _NO_QUEUE_WAIT,
         )  # fmt: skip
 
     async def _probe(self, request: Request) -> Response:
