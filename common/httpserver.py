@@ -154,16 +154,20 @@ class BodyStream:
 class Request:
     """One request: its head, its body (``body`` when read whole, else ``stream``), and the response's writer."""
 
-    __slots__ = ("method", "target", "raw_headers", "version", "keep_alive", "body", "stream", "content_length",
-                 "complete", "_conn", "_started", "_chunked", "_head_only", "_buffer", "_headers")  # fmt: skip
+    __slots__ = ("method", "target", "raw_headers", "fields", "version", "keep_alive", "body", "stream",
+                 "content_length", "complete", "_conn", "_started", "_chunked", "_head_only", "_buffer",
+                 "_headers")  # fmt: skip
 
     def __init__(
-        self, conn: _Connection, method: str, target: str, raw_headers: list[tuple[bytes, bytes]], version: str
-    ) -> None:
+        self, conn: _Connection, method: str, target: str, raw_headers: list[tuple[bytes, bytes]], version: str,
+        fields: dict[bytes, bytes] | None = None,
+    ) -> None:  # fmt: skip
         self._conn = conn
         self.method = method
         self.target = target  # as sent: path and query, still percent-encoded
         self.raw_headers = raw_headers  # the header fields as they came, undecoded
+        # lower-case name → the first value, undecoded: what a hop looks up (made once, as the head is parsed)
+        self.fields = _first_values(raw_headers) if fields is None else fields
         self._headers: CIMultiDict[str] | None = None
         self.version = version
         self.keep_alive = True
@@ -197,11 +201,8 @@ class Request:
 
     def header(self, name: bytes) -> str | None:
         """The first field called ``name`` (lower-case), without decoding the others."""
-        size = len(name)
-        for key, value in self.raw_headers:
-            if len(key) == size and key.lower() == name:
-                return value.decode("latin-1")
-        return None
+        value = self.fields.get(name)
+        return None if value is None else value.decode("latin-1")
 
     @property
     def host(self) -> str:
@@ -432,31 +433,32 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        self._grow(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > self.server.max_head_bytes:
+            raise ValueError("request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw.append((name, value))
-        self._grow(len(name) + len(value))
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > self.server.max_head_bytes:
+            raise ValueError("request head too large")
 
     def on_headers_complete(self) -> None:
         self.head_started = None
         parser = self.parser
         method = parser.get_method()
         raw = self._raw
+        fields = _first_values(raw)
         request = Request(
             self, _METHODS.get(method) or method.decode(), b"".join(self._url).decode("latin-1"), raw,
-            parser.get_http_version(),
+            parser.get_http_version(), fields,
         )  # fmt: skip
         request.keep_alive = parser.should_keep_alive() and not self.server.closing
-        length, chunked, expect = None, False, False
-        for name, value in raw:  # the framing fields, found by length first: most fields are not looked at twice
-            size = len(name)
-            if size == 14 and name.lower() == b"content-length":
-                length = value
-            elif size == 17 and name.lower() == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif size == 6 and name.lower() == b"expect":
-                expect = value.lower() == b"100-continue"
+        length = fields.get(b"content-length")  # the parser refuses a request with two
+        chunked = b"transfer-encoding" in fields and any(
+            b"chunked" in value.lower() for name, value in raw if name.lower() == b"transfer-encoding"
+        )
+        expect = b"expect" in fields and fields[b"expect"].lower() == b"100-continue"
         request.content_length = int(length) if length is not None and length.isdigit() else None
         self.current = request
         if not chunked and not request.content_length:
@@ -515,15 +517,24 @@ class _Connection(asyncio.Protocol):
         self.active = self.loop.create_task(self._run(request))
 
     def respond(self, request: Request, response: Response) -> None:
-        if not response.sent:
-            request.keep_alive = self.reusable(request)
-            self.write(
-                self.head(
-                    response.status, response.headers, _length(request, response), request.keep_alive,
-                    local=response.local, block=response.block,
-                )
-                + (b"" if request._head_only else response.body)
-            )  # fmt: skip
+        """Write a whole response in one piece (what :meth:`head` and :func:`_length` make, in one go)."""
+        if response.sent:
+            return
+        request.keep_alive = keep = self.reusable(request)
+        status, body = response.status, response.body
+        parts = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown")), response.block]
+        if response.headers:
+            parts += [f"{k}: {v}\r\n".encode("latin-1") for k, v in response.headers]
+        if status >= 200 and status != 204 and status != 304 and (response.local or not request._head_only):
+            parts.append(b"Content-Length: %d\r\n" % len(body))  # a proxied HEAD answer keeps the upstream's
+        if response.local:
+            parts.append(b"Date: %b\r\nServer: servelane\r\n" % self.server.date())
+        if not keep:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        if not request._head_only:
+            parts.append(body)
+        self.write(b"".join(parts))
 
     async def _run(self, request: Request) -> None:
         try:
@@ -537,8 +548,7 @@ class _Connection(asyncio.Protocol):
             if request.response_started:
                 self.abort()
             else:
-                failure = Response.error(500, "Internal server error")
-                self.write(self.head(500, failure.headers, _length(request, failure), False, local=True) + failure.body)
+                self.respond(request, Response.error(500, "Internal server error"))  # keep_alive False: it closes
         finally:
             self._finished(request)
 
@@ -611,11 +621,6 @@ class _Connection(asyncio.Protocol):
             self._closed = True
             self.transport.abort()
 
-    def _grow(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self.server.max_head_bytes:
-            raise ValueError("request head too large")
-
     def refuse(self, status: int, message: str) -> None:
         response = Response.error(status, message)
         self.write(
@@ -625,9 +630,7 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
-def _length(request: Request, response: Response) -> list[tuple[str, str]]:
-    if response.status in (204, 304) or (response.status < 200):
-        return []
-    if request._head_only and not response.local:  # a proxied answer to HEAD carries the upstream's own length
-        return []
-    return [("Content-Length", str(len(response.body)))]
+def _first_values(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """Each field's first value by lower-case name (reversed: where a name repeats, the first one is stored last)."""
+    return {name.lower(): value for name, value in reversed(raw)}
+

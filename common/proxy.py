@@ -57,9 +57,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 TIMEOUT_MESSAGE = "request timeout"
+SWEEP_SECONDS = 0.05  # how often the relays' deadlines are checked: a relay's timeout fires at most this late
 _SKIP_OUT_RAW = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "expect"})  # framed again
 _SKIP_BACK_RAW = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "server-timing"})
-_FORWARDING_RAW = frozenset({b"forwarded", b"x-forwarded-proto", b"x-forwarded-host"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +78,7 @@ class ProxyClient:
         self._limit = limit
         self._pools: dict[str, UpstreamPool] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # kept: get_running_loop() is a syscall on 3.11
+        self._deadlines: Deadlines | None = None
 
     def __repr__(self) -> str:
         return f"<ProxyClient {self.hop} pools={list(self._pools)}>"
@@ -90,6 +91,13 @@ class ProxyClient:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        if self._deadlines is not None:
+            self._deadlines.close()
+
+    def deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        if self._deadlines is None:
+            self._deadlines = Deadlines(loop)
+        return self._deadlines
 
     def _pool(self, upstream: str) -> UpstreamPool:
         pool = self._pools.get(upstream)
@@ -177,13 +185,51 @@ async def _stream(request: Request, answer: UpstreamResponse, block: bytes, size
     await request.end_response()
 
 
+class Deadlines:
+    """The deadlines of a client's relays in flight, all on one timer that sweeps every SWEEP_SECONDS while any is
+    set. A timer per request (``call_at``, then ``cancel`` when the answer came in time, as nearly all do) cost
+    about as much as the rest of a relay's bookkeeping together; here setting and clearing a deadline is a dict
+    store. The price: a timeout fires up to SWEEP_SECONDS late."""
+
+    __slots__ = ("_loop", "_due", "_handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[Relay, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<Deadlines {len(self._due)} set>"
+
+    def set(self, relay: Relay, when: float) -> None:
+        self._due[relay] = when
+        if self._handle is None:
+            self._handle = self._loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def clear(self, relay: Relay) -> None:
+        self._due.pop(relay, None)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _sweep(self) -> None:
+        now = self._loop.time()
+        expired = [relay for relay, when in self._due.items() if when <= now]
+        for relay in expired:
+            del self._due[relay]
+            relay.expire()  # may start the connection's next request, and set its deadline: the sweep goes on
+        self._handle = self._loop.call_later(SWEEP_SECONDS, self._sweep) if self._due else None
+
+
 class Relay:
     """One exchange of :meth:`ProxyClient.relay`: an :class:`common.upstream.Listener` for the upstream
     connection and an :class:`common.httpserver.Exchange` for the server's."""
 
     __slots__ = ("_client", "_request", "_upstream", "_headers", "_timeouts", "_started", "_timings",
-                 "_reply_headers", "_on_done", "_loop", "_conn", "_answer", "_timer", "_t0", "_end", "_task",
-                 "_done", "_reused", "_block", "_streaming")  # fmt: skip
+                 "_reply_headers", "_on_done", "_loop", "_conn", "_answer", "_deadlines", "_armed", "_t0", "_end",
+                 "_task", "_done", "_reused", "_block", "_streaming")  # fmt: skip
 
     def __init__(
         self, client: ProxyClient, request: Request, upstream: str, headers: bytes,
@@ -199,7 +245,8 @@ class Relay:
         self._end = None if timeouts.total is None else self._t0 + timeouts.total
         self._conn: _Connection | None = None
         self._answer: UpstreamResponse | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines = client.deadlines(loop)
+        self._armed = False
         self._task: asyncio.Task[None] | None = None  # connecting, or streaming the response
         self._done = False
         self._reused = False
@@ -294,18 +341,25 @@ class Relay:
 
     # -- the timer and the end -----------------------------------------------------------------------------------
     def _arm(self, stage: float | None) -> None:
-        self._disarm()
-        candidates = [t for t in (self._end, None if stage is None else self._loop.time() + stage) if t is not None]
-        if candidates:
-            self._timer = self._loop.call_at(min(candidates), self._expire)
+        when = self._end
+        if stage is not None:
+            until = self._loop.time() + stage
+            if when is None or until < when:
+                when = until
+        if when is not None:
+            self._deadlines.set(self, when)
+            self._armed = True
+        else:
+            self._disarm()
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._armed:
+            self._deadlines.clear(self)
+            self._armed = False
 
-    def _expire(self) -> None:
-        self._timer = None
+    def expire(self) -> None:
+        """Its deadline passed (:class:`Deadlines`): the upstream call is dropped, and the client gets 504."""
+        self._armed = False
         if self._done or self._streaming:
             return
         self._stop_upstream()
@@ -415,39 +469,46 @@ def upstream_headers(
     hop-by-hop fields and body framing gone (the client frames the body), with those the Connection header names;
     ``drop`` (lower-case names) gone; Host replaced by ``host`` if given; X-Forwarded-* set and a Forwarded header
     synthesised from them when the request has none."""
-    connection = request.header(b"connection")
-    skip = _SKIP_OUT_RAW | drop
+    fields = request.fields
+    special = _special_out(drop)  # every name that is not passed on as it came: one set lookup for most fields
+    connection = fields.get(b"connection")
     if connection is not None:
-        skip = skip | frozenset(t.strip().lower().encode("latin-1") for t in connection.split(",") if t.strip())
+        special = special | {t.strip().lower() for t in connection.split(b",") if t.strip()}
     lines: list[bytes] = []
     chain: list[bytes] = []  # every X-Forwarded-For value, in order
-    seen: dict[bytes, bytes] = {}  # the first Forwarded / X-Forwarded-Proto / X-Forwarded-Host
     for name, value in request.raw_headers:
         lower = name.lower()
-        if lower in skip:
+        if lower in special:
+            if lower == b"x-forwarded-for":
+                chain.append(value)
+            elif lower == b"host":
+                lines.append(b"%b: %b\r\n" % (name, host.encode("latin-1") if host else value))
             continue
-        if lower == b"x-forwarded-for":
-            chain.append(value)
-            continue
-        if lower == b"host" and host:
-            value = host.encode("latin-1")
-        elif lower in _FORWARDING_RAW:
-            seen.setdefault(lower, value)
         lines.append(b"%b: %b\r\n" % (name, value))
-    remote, scheme, own_host = request.remote or "", request.scheme, request.host
-    if b"forwarded" not in seen:
+    remote, scheme = request.remote or "", request.scheme
+    own_host = fields.get(b"host", b"")
+    # the client's forwarding fields count unless the Connection header (or ``drop``) took them out
+    forwarded_proto = None if b"x-forwarded-proto" in special else fields.get(b"x-forwarded-proto")
+    forwarded_host = None if b"x-forwarded-host" in special else fields.get(b"x-forwarded-host")
+    if b"forwarded" not in fields or b"forwarded" in special:
         value = forwarded(
-            chain[0].decode("latin-1") if chain else "", remote, scheme, own_host,
-            _decoded(seen.get(b"x-forwarded-host")), _decoded(seen.get(b"x-forwarded-proto")),
+            chain[0].decode("latin-1") if chain else "", remote, scheme, own_host.decode("latin-1"),
+            _decoded(forwarded_host), _decoded(forwarded_proto),
         )  # fmt: skip
         lines.append(b"Forwarded: %b\r\n" % value.encode("latin-1"))
     encoded = remote.encode("latin-1")
     lines.append(b"X-Forwarded-For: %b\r\n" % (b", ".join([*chain, encoded]) if chain else encoded))
-    if b"x-forwarded-proto" not in seen:
+    if forwarded_proto is None:
         lines.append(b"X-Forwarded-Proto: %b\r\n" % scheme.encode("latin-1"))
-    if b"x-forwarded-host" not in seen and own_host:
-        lines.append(b"X-Forwarded-Host: %b\r\n" % own_host.encode("latin-1"))
+    if forwarded_host is None and own_host:
+        lines.append(b"X-Forwarded-Host: %b\r\n" % own_host)
     return b"".join(lines)
+
+
+@functools.lru_cache(maxsize=16)
+def _special_out(drop: frozenset[bytes]) -> frozenset[bytes]:
+    """The request fields upstream_headers does not pass on unchanged, for one hop's ``drop`` (the same each time)."""
+    return _SKIP_OUT_RAW | drop | {b"x-forwarded-for", b"host"}
 
 
 def _decoded(value: bytes | None) -> str | None:

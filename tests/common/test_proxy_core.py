@@ -1,0 +1,94 @@
+"""Pieces of the proxy core on their own: the upstream header block, and the relays' shared deadline sweep."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from common.httpserver import Request
+from common.proxy import SWEEP_SECONDS, Deadlines, upstream_headers
+
+
+def request(*fields: tuple[str, str]) -> Request:
+    conn = SimpleNamespace(remote="10.0.0.9")
+    raw = [(name.encode(), value.encode()) for name, value in fields]
+    return Request(conn, "POST", "/v1/models/m:predict", raw, "1.1")  # type: ignore[arg-type]
+
+
+def lines(block: bytes) -> list[str]:
+    return block.decode().split("\r\n")[:-1]
+
+
+def test_upstream_headers_drop_hop_fields_and_add_forwarding():
+    block = upstream_headers(
+        request(("Host", "m.example.com"), ("Content-Length", "2"), ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "1"), ("Knative-Serving-Revision", "r1"), ("TE", "trailers"), ("x-request-id", "abc")),
+        drop=frozenset({b"knative-serving-revision"}), host="m-predictor.default",
+    )  # fmt: skip
+    assert lines(block) == [
+        "Host: m-predictor.default",
+        "x-request-id: abc",
+        "Forwarded: for=10.0.0.9;host=m.example.com;proto=http",
+        "X-Forwarded-For: 10.0.0.9",
+        "X-Forwarded-Proto: http",
+        "X-Forwarded-Host: m.example.com",
+    ]
+
+
+def test_upstream_headers_extend_the_clients_forwarding_fields():
+    block = upstream_headers(
+        request(("Host", "h"), ("X-Forwarded-For", "1.1.1.1"), ("X-Forwarded-For", "2.2.2.2"),
+                ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "outer")),
+    )  # fmt: skip
+    assert lines(block) == [
+        "Host: h",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-Host: outer",
+        "Forwarded: for=1.1.1.1;host=outer;proto=https",
+        "X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9",
+    ]
+
+
+def test_forwarding_fields_the_connection_header_names_are_replaced_not_trusted():
+    block = upstream_headers(request(("Host", "h"), ("Connection", "X-Forwarded-Proto, Forwarded"),
+                                     ("X-Forwarded-Proto", "https"), ("Forwarded", "for=6.6.6.6")))  # fmt: skip
+    assert lines(block) == [
+        "Host: h",
+        "Forwarded: for=10.0.0.9;host=h;proto=http",
+        "X-Forwarded-For: 10.0.0.9",
+        "X-Forwarded-Proto: http",
+        "X-Forwarded-Host: h",
+    ]
+
+
+class Watched:
+    def __init__(self, deadlines: Deadlines, then: Watched | None = None) -> None:
+        self.deadlines, self.then = deadlines, then
+        self.expired_at: float | None = None
+
+    def expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.expired_at = loop.time()
+        if self.then is not None:  # an expiry that starts the next exchange sets its deadline from the sweep
+            self.deadlines.set(self.then, loop.time() + 0.01)  # type: ignore[arg-type]
+
+
+async def test_deadlines_fire_at_most_one_sweep_late_and_stop_sweeping_when_none_is_set():
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop)
+    later = Watched(deadlines)
+    first, cleared, never = Watched(deadlines, then=later), Watched(deadlines), Watched(deadlines)
+    start = loop.time()
+    deadlines.set(first, start + 0.02)  # type: ignore[arg-type]
+    deadlines.set(cleared, start + 0.02)  # type: ignore[arg-type]
+    deadlines.set(never, start + 60)  # type: ignore[arg-type]
+    deadlines.clear(cleared)  # type: ignore[arg-type]
+    await asyncio.sleep(0.02 + 3 * SWEEP_SECONDS)
+    assert first.expired_at is not None and start + 0.02 <= first.expired_at <= start + 0.02 + 2 * SWEEP_SECONDS
+    assert later.expired_at is not None and later.expired_at >= first.expired_at
+    assert cleared.expired_at is None and never.expired_at is None
+    assert deadlines._handle is not None  # one deadline is still set: the sweep goes on
+    deadlines.clear(never)  # type: ignore[arg-type]
+    await asyncio.sleep(2 * SWEEP_SECONDS)
+    assert deadlines._handle is None  # nothing set: no timer runs
+    deadlines.close()
