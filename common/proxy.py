@@ -491,11 +491,11 @@ def upstream_headers(
     forwarded_proto = None if b"x-forwarded-proto" in special else fields.get(b"x-forwarded-proto")
     forwarded_host = None if b"x-forwarded-host" in special else fields.get(b"x-forwarded-host")
     if b"forwarded" not in fields or b"forwarded" in special:
-        value = forwarded(
+        synthesised = forwarded(
             chain[0].decode("latin-1") if chain else "", remote, scheme, own_host.decode("latin-1"),
             _decoded(forwarded_host), _decoded(forwarded_proto),
         )  # fmt: skip
-        lines.append(b"Forwarded: %b\r\n" % value.encode("latin-1"))
+        lines.append(b"Forwarded: %b\r\n" % synthesised.encode("latin-1"))
     encoded = remote.encode("latin-1")
     lines.append(b"X-Forwarded-For: %b\r\n" % (b", ".join([*chain, encoded]) if chain else encoded))
     if forwarded_proto is None:
@@ -591,13 +591,13 @@ def _hop_timing(hop: str, started: float, extra: Mapping[str, float] | None) -> 
     return ", ".join([entry, *(f"{name};dur={seconds * 1000:.3f}" for name, seconds in extra.items())])
 
 
-def _unreachable(upstream: str, exc: OSError) -> UpstreamError:
+def _unreachable(upstream: str, exc: BaseException) -> UpstreamError:
     return UpstreamError(f"upstream {upstream} failed: {_reason(exc)}")
 
 
-def _reason(exc: OSError) -> str:
+def _reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return f"connection failed ({exc.strerror or 'refused'})"
     if exc.__class__.__name__ == "UpstreamClosed":
         return str(exc)
-    return f"connection error ({exc.strerror or exc})"
+    return f"connection error ({(exc.strerror if isinstance(exc, OSError) else None) or exc})"

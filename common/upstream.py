@@ -308,7 +308,7 @@ class UpstreamPool:
         self,
         method: str,
         target: str,
-        headers: Iterable[tuple[str, str]],
+        headers: Iterable[tuple[str, str]] | bytes,
         body: bytes | StreamedBody | None,
         length: int | None,
     ) -> UpstreamResponse:
