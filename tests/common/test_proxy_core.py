@@ -92,3 +92,10 @@ async def test_deadlines_fire_at_most_one_sweep_late_and_stop_sweeping_when_none
     await asyncio.sleep(2 * SWEEP_SECONDS)
     assert deadlines._handle is None  # nothing set: no timer runs
     deadlines.close()
+
+
+def test_a_repeated_field_reads_as_its_first_value_and_names_ignore_case():
+    req = request(("Host", "a"), ("X-Tag", "first"), ("x-tag", "second"), ("CONTENT-TYPE", "text/plain"))
+    assert req.header(b"x-tag") == "first" and req.header(b"content-type") == "text/plain"
+    assert req.header(b"absent") is None
+    assert req.headers.getall("X-Tag") == ["first", "second"]  # the decoded view keeps every value, in order
