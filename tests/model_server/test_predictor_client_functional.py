@@ -75,6 +75,20 @@ async def test_infer_round_trips_tensors_and_requested_outputs(predictor_server,
     np.testing.assert_array_equal(everything.output("nc").data, [[False, True, False]])
 
 
+async def test_concurrent_and_large_v2_calls_share_the_pool_and_each_gets_its_own_answer(predictor_server, connect):
+    client = await connect(f"127.0.0.1:{predictor_server.http_port}", "v2")
+
+    def add_request(x: np.ndarray) -> InferRequest:
+        return InferRequest("add", [Tensor("x", "FP32", x.shape, x)])
+
+    rows = [np.full((1, 4), i, dtype=np.float32) for i in range(40)]
+    answers = await asyncio.gather(*(client.infer(add_request(x), {}) for x in rows))
+    for x, answer in zip(rows, answers):
+        np.testing.assert_array_equal(answer.output("y").data, x + 1)
+    big = np.arange(4 * 250_000, dtype=np.float32).reshape(-1, 4)  # 4 MB each way: read in many pieces
+    np.testing.assert_array_equal((await client.infer(add_request(big), {})).output("y").data, big + 1)
+
+
 @pytest.mark.parametrize("protocol", ["v2", "grpc-v2"])
 async def test_only_the_tracing_and_auth_headers_are_forwarded(predictor_server, connect, protocol):
     port = predictor_server.http_port if protocol == "v2" else predictor_server.grpc_port
