@@ -29,6 +29,7 @@ Params = dict[str, str]
 Handler = Callable[[Request, Params], Awaitable[Response]]
 _NAME = r"(?P<name>[^/:]+)"
 _VERSION = r"(?:/versions/(?P<version>[^/]+))?"
+ROUTES_KEPT = 1024  # (method, path) pairs remembered with their route; the table starts over when full
 
 
 class RestEdge:
@@ -56,6 +57,8 @@ class RestEdge:
                 (r"/metrics", {"GET": self.metrics}, None),
             )
         ]
+
+        self._matched: dict[tuple[str, str], tuple[Handler, Params, str | None]] = {}
 
     def server(self) -> HttpServer:
         c = self.config
@@ -85,6 +88,19 @@ class RestEdge:
         return response
 
     def _route(self, method: str, path: str) -> tuple[Handler, Params, str | None]:
+        """(handler, path parameters, protocol counted) for a request; a few regular expressions per miss, so the
+        routes of requests that matched are remembered (at most ROUTES_KEPT; misses are not kept)."""
+        key = (method, path)
+        found = self._matched.get(key)
+        if found is None:
+            found = self._match(method, path)
+            if len(self._matched) >= ROUTES_KEPT:
+                self._matched.clear()
+            self._matched[key] = found
+        handler, params, counted = found
+        return handler, dict(params), counted  # a copy: a handler may keep or change its own
+
+    def _match(self, method: str, path: str) -> tuple[Handler, Params, str | None]:
         allowed: list[str] = []
         for pattern, methods, counted in self._routes:
             match = pattern.fullmatch(path)
