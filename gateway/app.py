@@ -24,6 +24,7 @@ already routed keep their revision and their lease; gRPC channels to endpoints t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -168,7 +169,7 @@ class Gateway:
             with self.backends.acquire(target) as lease:
                 headers = _upstream_headers(request, target, request_id, reply)
                 response = await self.client.forward(
-                    request, f"http://{lease.address}", headers=headers, timeouts=Timeouts(target.timeout),
+                    request, f"http://{lease.address}", headers=headers, timeouts=_timeouts(target.timeout),
                     started=started, reply_headers=reply,
                 )  # fmt: skip
             status = response.status
@@ -207,7 +208,7 @@ class Gateway:
 
         return self.client.relay(
             request, f"http://{lease.address}", headers=_upstream_headers(request, target, request_id, reply),
-            on_done=done, timeouts=Timeouts(target.timeout), started=started, reply_headers=reply,
+            on_done=done, timeouts=_timeouts(target.timeout), started=started, reply_headers=reply,
         )  # fmt: skip
 
     def _answer_locally(self, path: str, reply: dict[str, str]) -> Response:
@@ -242,6 +243,12 @@ def _upstream_headers(request: Request, target: Revision, request_id: str, reply
     if not request_id:
         added += f"X-Request-Id: {reply['X-Request-Id']}\r\n"
     return upstream_headers(request, drop=_DROPPED) + added.encode("latin-1")
+
+
+@functools.lru_cache(maxsize=64)
+def _timeouts(total: float) -> Timeouts:
+    """A revision's timeouts (the same few values every time; a frozen dataclass costs a microsecond to make)."""
+    return Timeouts(total)
 
 
 def _error(status: int, message: str, reply: dict[str, str]) -> Response:
