@@ -16,7 +16,8 @@ answer back:
   cannot change the status any more: the client connection is aborted, so the client sees a truncated response.
 
 Timeouts (:class:`Timeouts`): ``total`` bounds the whole exchange, ``response_start`` the wait for the upstream's
-headers, ``idle`` the gap between body chunks; each cancels the upstream call when it fires.
+headers, ``idle`` the gap between body chunks; each cancels the upstream call when it fires. A relay's deadlines are
+checked by one sweep every SWEEP_SECONDS (:class:`Deadlines`), so its timeout fires up to that much late.
 
 :meth:`ProxyClient.relay` is the same exchange for a request whose body was read whole, run by callbacks instead
 of a task (a server's ``fast`` hook): the request goes out from the parser's callback that completed it, and the
