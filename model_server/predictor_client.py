@@ -110,7 +110,9 @@ class RestPredictor(PredictorClient):
         super().__init__(host, timeout)
         self.protocol = protocol
         self._authority = authority or host
-        self._connections = connections  # kept idle at most; more may be open while that many calls run at once
+        self._connections = connections
+        # at most this many calls at once (each holds a connection); the rest wait their turn, within their timeout
+        self._slots = asyncio.Semaphore(connections)
         self._pool: UpstreamPool | None = None
 
     async def start(self) -> None:
@@ -160,7 +162,7 @@ class RestPredictor(PredictorClient):
         # identity: with no Accept-Encoding a server may compress, and compressing on loopback only costs both sides
         fields = [("Host", self._authority), ("Accept-Encoding", "identity"), *headers.items()]
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout), self._slots:
                 answer = await self._pool.request(method, path, fields, body, None if body is None else len(body))
                 try:
                     data = await answer.read()

@@ -15,7 +15,7 @@ from aiohttp import web
 from common.errors import InferenceError, UpstreamError, UpstreamTimeout
 from common.lifecycle import bound_port, start_http
 from model_server import codec_grpc, codec_rest
-from model_server.predictor_client import PredictorClient, PredictorError, build_predictor
+from model_server.predictor_client import PredictorClient, PredictorError, RestPredictor, build_predictor
 from model_server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from tests.harness import free_port
 from tests.models import build_add, build_identity_multi
@@ -185,6 +185,39 @@ async def test_odd_predictor_errors_map_to_a_status_each(scripted, connect):
         assert (raised.value.http_status, raised.value.grpc_code, raised.value.message) == (status, code, message)
     with pytest.raises(UpstreamError, match="unreadable response"):
         await client.infer(tiny("garbage"), {})
+
+
+async def test_calls_beyond_the_connection_limit_wait_their_turn():
+    """A burst of calls never opens more than ``connections`` sockets to the predictor; the rest wait, and all land."""
+    running, most, gate = 0, 0, asyncio.Event()
+
+    async def infer(request: web.Request) -> web.Response:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await gate.wait()
+        running -= 1
+        return web.json_response({"error": "held"}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    runner = await start_http(app, "127.0.0.1", 0, shutdown_timeout=1)
+    client = RestPredictor(f"127.0.0.1:{bound_port(runner)}", 10.0, connections=3)
+    await client.start()
+    try:
+        calls = [asyncio.create_task(client.infer(tiny("x"), {})) for _ in range(10)]
+        for _ in range(100):
+            if running == 3:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert running == 3 and not any(call.done() for call in calls)
+        gate.set()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(o, PredictorError) and o.message == "held" for o in outcomes) and most == 3
+    finally:
+        await client.close()
+        await runner.cleanup()
 
 
 async def test_authority_is_the_host_predictor_calls_carry(scripted, connect):
