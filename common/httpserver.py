@@ -517,7 +517,7 @@ class _Connection(asyncio.Protocol):
         self.active = self.loop.create_task(self._run(request))
 
     def respond(self, request: Request, response: Response) -> None:
-        """Write a whole response in one piece (what :meth:`head` and :func:`_length` make, in one go)."""
+        """Write a whole response in one piece: status line, fields, framing and body, built in one pass."""
         if response.sent:
             return
         request.keep_alive = keep = self.reusable(request)
