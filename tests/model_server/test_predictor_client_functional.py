@@ -220,6 +220,54 @@ async def test_calls_beyond_the_connection_limit_wait_their_turn():
         await runner.cleanup()
 
 
+async def test_a_restarted_predictor_is_reached_again_and_a_garbled_answer_is_502(connect):
+    """A predictor replica restarting between calls leaves dead connections in the pool: the next call goes through
+    on a new one. An answer that is not HTTP is 502, and the call after it is fine."""
+    def refusal(message: bytes) -> bytes:
+        body = b'{"error": "%b"}' % message
+        return b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+
+    replies = iter([refusal(b"one"), b"this is not HTTP\r\n\r\n", refusal(b"three")])
+
+    connections: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                writer.write(next(replies))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(answer, "127.0.0.1", port)
+    client = await connect(f"127.0.0.1:{port}", "v2")
+    with pytest.raises(PredictorError, match="one"):
+        await client.infer(tiny("x"), {})
+    server.close()
+    await server.wait_closed()
+    for writer in connections:  # the kept-alive connection goes with the old server, as in a restart
+        writer.close()
+    await asyncio.sleep(0.05)
+    server = await asyncio.start_server(answer, "127.0.0.1", port)
+    try:
+        with pytest.raises(UpstreamError, match="failed") as raised:
+            await client.infer(tiny("x"), {})
+        assert raised.value.http_status == 502
+        with pytest.raises(PredictorError, match="three"):
+            await client.infer(tiny("x"), {})
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_authority_is_the_host_predictor_calls_carry(scripted, connect):
     """Behind a gateway that routes by host, the transformer names the predictor's host, not the gateway's."""
     host, _ = scripted
