@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -40,8 +39,6 @@ from urllib.parse import urlsplit
 from common.errors import ServelaneError, UpstreamError, UpstreamTimeout
 from common.httpserver import Request, Response
 from common.upstream import UpstreamPool, UpstreamResponse, _Connection, _head
-
-log = logging.getLogger(__name__)
 
 HOP_BY_HOP = frozenset(
     {
@@ -342,11 +339,7 @@ class Relay:
 
     # -- the timer and the end -----------------------------------------------------------------------------------
     def _arm(self, stage: float | None) -> None:
-        when = self._end
-        if stage is not None:
-            until = self._loop.time() + stage
-            if when is None or until < when:
-                when = until
+        when = _earliest(self._end, self._loop, stage)
         if when is not None:
             self._deadlines.set(self, when)
             self._armed = True
@@ -459,8 +452,16 @@ class _Deadline:
         self._task.cancel()
 
     def _next(self, stage: float | None) -> float | None:
-        candidates = [t for t in (self._end, None if stage is None else self._loop.time() + stage) if t is not None]
-        return min(candidates) if candidates else None
+        return _earliest(self._end, self._loop, stage)
+
+
+def _earliest(end: float | None, loop: asyncio.AbstractEventLoop, stage: float | None) -> float | None:
+    """When an exchange's timer should fire: at ``end`` (the total timeout) or ``stage`` seconds from now, whichever
+    comes first; None when neither is set."""
+    if stage is None:
+        return end
+    until = loop.time() + stage
+    return until if end is None or until < end else end
 
 
 def upstream_headers(
@@ -474,7 +475,7 @@ def upstream_headers(
     special = _special_out(drop)  # every name that is not passed on as it came: one set lookup for most fields
     connection = fields.get(b"connection")
     if connection is not None:
-        special = special | {t.strip().lower() for t in connection.split(b",") if t.strip()}
+        special = special | _connection_tokens(connection)
     lines: list[bytes] = []
     chain: list[bytes] = []  # every X-Forwarded-For value, in order
     for name, value in request.raw_headers:
@@ -510,6 +511,11 @@ def upstream_headers(
 def _special_out(drop: frozenset[bytes]) -> frozenset[bytes]:
     """The request fields upstream_headers does not pass on unchanged, for one hop's ``drop`` (the same each time)."""
     return _SKIP_OUT_RAW | drop | {b"x-forwarded-for", b"host"}
+
+
+def _connection_tokens(value: bytes) -> frozenset[bytes]:
+    """The field names a Connection header lists (lower-case): hop-by-hop for this exchange only."""
+    return frozenset(token.strip().lower() for token in value.split(b",") if token.strip())
 
 
 def _decoded(value: bytes | None) -> str | None:
@@ -563,7 +569,7 @@ def response_head(
                     lines.append(b"Content-Length: %d\r\n" % length)
                     names.append(lower)
             elif lower == b"connection":
-                named = frozenset(token.strip().lower() for token in value.split(b",") if token.strip())
+                named = _connection_tokens(value)
             continue
         if lower == b"content-type" and value.startswith(b"text/event-stream"):
             stream = True
