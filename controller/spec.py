@@ -7,7 +7,8 @@ argv; the controller adds ``--host``, ``--http-port``, ``--grpc-port`` and ``--p
                                         "<name>-transformer-00001"); the model is served under the name
     metadata.labels, annotations        kept; autoscaling.knative.dev/* checked as Knative does (both key
                                         spellings; controller.knative) and applied to every component;
-                                        serving.kserve.io/deploymentMode: Serverless only
+                                        serving.kserve.io/deploymentMode: Serverless only;
+                                        serving.kserve.io/enable-tag-routing: "true" only (tags always route)
     predictor.model (modelFormat onnx)  storageUri .onnx file, or a folder holding model.onnx
       or predictor.onnx (the shorthand)     -> --model-name <name> --model-path FILE
                                         storageUri folder in Triton's layout (<version>/model.onnx [+ config.yaml])
@@ -26,9 +27,15 @@ argv; the controller adds ``--host``, ``--http-port``, ``--grpc-port`` and ``--p
                                         downloaded, so gs://, s3://, pvc://, http(s)://, ... are errors
 
 Anything else (another model format, ``runtime``, ``command``, ``logger``, pod fields, an unknown key) is a
-:class:`SpecError` whose message starts with the field's path; nothing is silently ignored. Parsing reads the file
-system (storageUri and the files args name must exist) but loads no model and imports no user code; the args are
-checked with the model server's own flag parser, so a bad flag fails here rather than when a replica starts.
+:class:`SpecError` whose message starts with the field's path; nothing is silently ignored. A field that is kept
+but has no effect on the local backend yet (``maxReplicas``, ``scaleTarget``, ``scaleMetric``, ``minReplicas: 0``,
+the ``autoscaling.knative.dev/*`` annotations but min-scale, a container's ``image`` and ``name``, ``resources``,
+``modelFormat.version``) is recorded for the autoscaler and the Kubernetes backend, and named in
+:attr:`InferenceServiceSpec.warnings`, one line each, starting with the field's path as errors do.
+
+Parsing reads the file system (storageUri and the files args name must exist) but loads no model and imports no
+user code; the args are checked with the model server's own flag parser, so a bad flag fails here rather than when
+a replica starts.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ MAX_TIMEOUT = 600.0  # Knative's max-revision-timeout-seconds
 MAX_CONCURRENCY = 1000  # Knative's container-concurrency-max-limit
 BATCHER_DEFAULTS = {"maxBatchSize": 32, "maxLatency": 500}  # KServe's batcher defaults (maxLatency in ms)
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+KSERVE_CONTAINER = "kserve-container"  # the name KServe gives its model container: naming it so changes nothing
 CONTROLLER_FLAGS = ("--host", "--http-port", "--grpc-port", "--predictor-host")
 MODEL_FLAGS = ("--model-name", "--model-path", "--model-repository", "--model-class")
 FRAMEWORKS = ("sklearn", "xgboost", "lightgbm", "tensorflow", "pytorch", "triton", "pmml", "paddle", "huggingface")
@@ -66,6 +75,7 @@ ONNX_ONLY = (
     "servelane serves ONNX models only: convert the model to ONNX (skl2onnx for scikit-learn, onnxmltools for "
     "XGBoost and LightGBM, torch.onnx.export for PyTorch, tf2onnx for TensorFlow) and give modelFormat: {name: onnx}"
 )
+AUTOSCALER_FIELDS = ("maxReplicas", "scaleTarget", "scaleMetric")  # recorded for the autoscaler, warned about
 # KServe's ComponentExtensionSpec fields servelane supports, on every component
 EXTENSION_FIELDS = (
     *("minReplicas", "maxReplicas", "containerConcurrency", "timeout", "canaryTrafficPercent", "scaleTarget"),
@@ -84,6 +94,14 @@ HINTS = {  # fields KServe has and servelane refuses, with the reason
     "art": "not supported: servelane's explainer is occlusion, a containers explainer (args may be empty)",
     **{name: f"not served: {ONNX_ONLY}" for name in FRAMEWORKS},
 }
+# What a recorded field without a local effect says (the warnings); each follows the field's path and ": ".
+UNTIL_AUTOSCALER = "recorded; the local backend runs max(minReplicas, 1) replicas until the autoscaler lands"
+UNTIL_SCALE_TO_ZERO = "0 recorded; the local backend runs 1 replica until scale to zero lands"
+RECORDED_IMAGE = "recorded for a Kubernetes backend; the local backend runs servelane's own model server"
+RECORDED_NAME = "recorded; the local backend names each replica after its revision (<revision>-<n>)"
+RECORDED_RESOURCES = "recorded for a Kubernetes backend; the local backend enforces no requests or limits"
+RECORDED_GPU = "; a GPU limit reserves no GPU: the model server uses CUDA when onnxruntime can, else the CPU"
+RECORDED_VERSION = "recorded, not checked: the model server loads the ONNX model storageUri names"
 
 
 class SpecError(InvalidInput):
@@ -123,6 +141,7 @@ class InferenceServiceSpec:
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str | None = None  # the file it came from, for messages
+    warnings: tuple[str, ...] = ()  # fields recorded without a local effect, one line each ("<path>: <what>")
 
     @property
     def entry(self) -> str:
@@ -210,6 +229,7 @@ class _Context:
     name: str
     base_dir: Path
     autoscaling: Mapping[str, str]  # the service's autoscaling.knative.dev/* annotations, by Knative's key
+    warnings: list[str]  # filled as the fields are read
 
 
 def _service(doc: Any, base_dir: Path, source: str | None) -> InferenceServiceSpec:
@@ -228,7 +248,8 @@ def _service(doc: Any, base_dir: Path, source: str | None) -> InferenceServiceSp
         if _reserved(key):
             raise SpecError(f'metadata.labels["{key}"]: not supported (servelane sets no KServe or Knative labels)')
     annotations = _strings(metadata.get("annotations"), "metadata.annotations")
-    context = _Context(name, Path(base_dir), _annotations(annotations))
+    warnings: list[str] = []
+    context = _Context(name, Path(base_dir), _annotations(annotations, warnings), warnings)
     spec = _mapping(_required(doc, "spec", ""), "spec")
     _only(spec, "spec", COMPONENTS)
     if spec.get("predictor") is None:
@@ -239,7 +260,7 @@ def _service(doc: Any, base_dir: Path, source: str | None) -> InferenceServiceSp
         if component in spec:
             components[component] = _component(component, spec[component], context, predictor.predictor_protocol)
     return InferenceServiceSpec(
-        name, namespace, MappingProxyType(components), _frozen(annotations), _frozen(labels), source
+        name, namespace, MappingProxyType(components), _frozen(annotations), _frozen(labels), source, tuple(warnings)
     )
 
 
@@ -270,14 +291,18 @@ def _reserved(key: str) -> bool:
     return any(domain == d or domain.endswith("." + d) for d in ("kserve.io", "knative.dev", "kubeflow.org"))
 
 
-def _annotations(annotations: Mapping[str, str]) -> dict[str, str]:
-    """The ``autoscaling.knative.dev/*`` annotations by Knative's key, each checked; refuses other reserved keys."""
+def _annotations(annotations: Mapping[str, str], warnings: list[str]) -> dict[str, str]:
+    """The ``autoscaling.knative.dev/*`` annotations by Knative's key, each checked (all but a min-scale above 0
+    warned about: recorded for the autoscaler); refuses other reserved keys."""
     autoscaling: dict[str, str] = {}
     for key, value in annotations.items():
         where = f'metadata.annotations["{key}"]'
         if key == DEPLOYMENT_MODE:
             if value != "Serverless":
                 raise SpecError(f"{where}: only Serverless is supported, got {value!r}")
+        elif key == TAG_ROUTING:
+            if value != "true":
+                raise SpecError(f'{where}: only "true" is supported (servelane always routes tags: latest-, prev-)')
         elif key.startswith(knative.PREFIX):
             try:
                 canonical = knative.canonical_key(key)
@@ -287,6 +312,10 @@ def _annotations(annotations: Mapping[str, str]) -> dict[str, str]:
             if canonical in autoscaling:
                 raise SpecError(f"{where}: {canonical} is given twice (under both of its spellings)")
             autoscaling[canonical] = value
+            if canonical != knative.PREFIX + "min-scale":
+                warnings.append(f"{where}: {UNTIL_AUTOSCALER}")
+            elif int(value) == 0:
+                warnings.append(f"{where}: {UNTIL_SCALE_TO_ZERO}")
         elif _reserved(key):
             raise SpecError(f"{where}: not supported (servelane reads no other KServe or Knative annotations)")
     lowest, highest = autoscaling.get(knative.PREFIX + "min-scale"), autoscaling.get(knative.PREFIX + "max-scale")
@@ -351,7 +380,7 @@ def _model(doc: Any, where: str, key: str, context: _Context) -> _Process:
     common = ("storageUri", "protocolVersion", "args", "env", "resources")
     _only(doc, where, ("modelFormat", *common) if key == "model" else common)
     if key == "model":
-        _model_format(_required(doc, "modelFormat", where), f"{where}.modelFormat")
+        _model_format(_required(doc, "modelFormat", where), f"{where}.modelFormat", context.warnings)
     path = _storage_path(_required(doc, "storageUri", where), f"{where}.storageUri", context.base_dir)
     protocol = doc.get("protocolVersion", "v1")
     if protocol not in PROTOCOLS:
@@ -364,18 +393,21 @@ def _model(doc: Any, where: str, key: str, context: _Context) -> _Process:
                 "model class use containers)"
             )
     args = ["--model-name", context.name, "--model-path", str(_model_file(path, f"{where}.storageUri")), *extra]
-    env, resources = _env(doc.get("env"), f"{where}.env"), _resources(doc.get("resources"), f"{where}.resources")
+    env = _env(doc.get("env"), f"{where}.env")
+    resources = _resources(doc.get("resources"), f"{where}.resources", context.warnings)
     return _Process(args, f"{where}.args", env, resources, protocol=protocol)
 
 
-def _model_format(doc: Any, where: str) -> None:
+def _model_format(doc: Any, where: str, warnings: list[str]) -> None:
     doc = _mapping(doc, where)
     _only(doc, where, ("name", "version"))
     name = _required(doc, "name", where)
     if not isinstance(name, str) or name.lower() != "onnx":
         raise SpecError(f"{where}.name: {name!r} is not served: {ONNX_ONLY}")
-    if "version" in doc and not isinstance(doc["version"], str | int | float):
-        raise SpecError(f"{where}.version: expected a version string")
+    if "version" in doc:
+        if not isinstance(doc["version"], str | int | float):
+            raise SpecError(f"{where}.version: expected a version string")
+        warnings.append(f"{where}.version: {RECORDED_VERSION}")
 
 
 def _storage_path(uri: Any, where: str, base_dir: Path) -> Path:
@@ -427,9 +459,11 @@ def _container(doc: Any, where: str, component: str, context: _Context) -> _Proc
     where += "[0]"
     container = _mapping(doc[0], where)
     _only(container, where, ("name", "image", "args", "env", "resources"))
-    for key in ("name", "image"):
+    for key, recorded in (("name", RECORDED_NAME), ("image", RECORDED_IMAGE)):
         if key in container and not isinstance(container[key], str):
             raise SpecError(f"{where}.{key}: expected a string")
+        if key in container and (key, container[key]) != ("name", KSERVE_CONTAINER):
+            context.warnings.append(f"{where}.{key}: {recorded}")
     args = _resolve_paths(_args(container.get("args"), f"{where}.args"), f"{where}.args", context.base_dir)
     flags = _flags(args)
     if component == "explainer" and "--explainer" not in flags:
@@ -437,7 +471,7 @@ def _container(doc: Any, where: str, component: str, context: _Context) -> _Proc
     if "--model-name" not in flags:
         args += ["--model-name", context.name]
     env = _env(container.get("env"), f"{where}.env")
-    resources = _resources(container.get("resources"), f"{where}.resources")
+    resources = _resources(container.get("resources"), f"{where}.resources", context.warnings)
     return _Process(args, f"{where}.args", env, resources, image=container.get("image"))
 
 
@@ -526,6 +560,9 @@ def _scaling(doc: Mapping[str, Any], where: str, context: _Context) -> dict[str,
         return autoscaling.get(knative.PREFIX + key)
 
     min_replicas = _int(doc.get("minReplicas", int(annotation("min-scale") or 1)), f"{where}.minReplicas", 0)
+    if doc.get("minReplicas") == 0:
+        context.warnings.append(f"{where}.minReplicas: {UNTIL_SCALE_TO_ZERO}")
+    context.warnings.extend(f"{where}.{key}: {UNTIL_AUTOSCALER}" for key in AUTOSCALER_FIELDS if key in doc)
     max_replicas = _int(doc.get("maxReplicas", int(annotation("max-scale") or 0)), f"{where}.maxReplicas", 0)
     if max_replicas and max_replicas < min_replicas:
         raise SpecError(f"{where}.maxReplicas: {max_replicas} is below minReplicas {min_replicas}")
@@ -618,8 +655,8 @@ def _env(value: Any, where: str) -> tuple[tuple[str, str], ...]:
     return tuple(env.items())
 
 
-def _resources(value: Any, where: str) -> Mapping[str, Any]:
-    """``{requests, limits}`` kept as given for the Kubernetes backend (nothing is enforced locally)."""
+def _resources(value: Any, where: str, warnings: list[str]) -> Mapping[str, Any]:
+    """``{requests, limits}`` kept as given for the Kubernetes backend (nothing is enforced locally: a warning)."""
     if value is None:
         return MappingProxyType({})
     doc = _mapping(value, where)
@@ -631,6 +668,8 @@ def _resources(value: Any, where: str) -> Mapping[str, Any]:
             if isinstance(amount, bool) or not isinstance(amount, str | int | float):
                 raise SpecError(f"{where}.{key}.{resource}: expected a quantity such as 500m, 1Gi or 1")
         kept[key] = _frozen(amounts)
+    gpu = any(resource.endswith("/gpu") for amounts in kept.values() for resource in amounts)
+    warnings.append(f"{where}: {RECORDED_RESOURCES}{RECORDED_GPU if gpu else ''}")
     return _frozen(kept)
 
 

@@ -295,6 +295,54 @@ def test_env_resources_and_image_are_kept(tmp_path: Path, doc: dict[str, Any]):
     assert transformer.resources == {"limits": {"cpu": "1", "memory": "2Gi"}, "requests": {"cpu": "500m"}}
 
 
+def test_fields_recorded_without_a_local_effect_are_warned_about_one_line_each(tmp_path: Path, doc: dict[str, Any]):
+    until_autoscaler = "recorded; the local backend runs max(minReplicas, 1) replicas until the autoscaler lands"
+    annotations = {A + "minScale": "2", A + "target": "7", A + "window": "1m", A + "initial-scale": "3"}
+    doc = changed(doc, "metadata.annotations", annotations)
+    doc = changed(doc, "spec.predictor.model.modelFormat.version", "1")
+    doc = changed(doc, "spec.predictor.model.resources", {"limits": {"nvidia.com/gpu": 1}})
+    doc = changed(doc, "spec.predictor", {**doc["spec"]["predictor"], "maxReplicas": 4, "scaleTarget": 5})
+    doc = changed(doc, "spec.predictor.scaleMetric", "concurrency")
+    container = {"name": "iris-transformer", "image": "kserve/t:1", "resources": {"requests": {"cpu": "1"}}}
+    doc = changed(doc, "spec.transformer.containers.0", {**doc["spec"]["transformer"]["containers"][0], **container})
+    doc = changed(doc, "spec.explainer.minReplicas", 0)
+    spec = parse(doc, tmp_path)
+    assert spec.warnings == (
+        f'metadata.annotations["{A}target"]: {until_autoscaler}',
+        f'metadata.annotations["{A}window"]: {until_autoscaler}',
+        f'metadata.annotations["{A}initial-scale"]: {until_autoscaler}',
+        "spec.predictor.model.modelFormat.version: recorded, not checked: the model server loads the ONNX model "
+        "storageUri names",
+        "spec.predictor.model.resources: recorded for a Kubernetes backend; the local backend enforces no requests "
+        "or limits; a GPU limit reserves no GPU: the model server uses CUDA when onnxruntime can, else the CPU",
+        f"spec.predictor.maxReplicas: {until_autoscaler}",
+        f"spec.predictor.scaleTarget: {until_autoscaler}",
+        f"spec.predictor.scaleMetric: {until_autoscaler}",
+        "spec.transformer.containers[0].name: recorded; the local backend names each replica after its revision "
+        "(<revision>-<n>)",
+        "spec.transformer.containers[0].image: recorded for a Kubernetes backend; the local backend runs "
+        "servelane's own model server",
+        "spec.transformer.containers[0].resources: recorded for a Kubernetes backend; the local backend enforces "
+        "no requests or limits",
+        "spec.explainer.minReplicas: 0 recorded; the local backend runs 1 replica until scale to zero lands",
+    )
+    assert spec.components["predictor"].max_replicas == 4  # still recorded: seams for the autoscaler
+
+
+def test_a_spec_kserve_users_write_has_no_warnings(tmp_path: Path, doc: dict[str, Any]):
+    annotations = {A + "min-scale": "2", "serving.kserve.io/enable-tag-routing": "true", "team": "ml"}
+    doc = changed(doc, "metadata.annotations", annotations)
+    doc = changed(doc, "spec.predictor.minReplicas", 1)
+    doc = changed(doc, "spec.predictor.canaryTrafficPercent", 10)
+    doc = changed(doc, "spec.predictor.containerConcurrency", 4)
+    doc = changed(doc, "spec.predictor.timeout", 30)
+    assert doc["spec"]["transformer"]["containers"][0]["name"] == "kserve-container"  # KServe's own name: no warning
+    assert parse(doc, tmp_path).warnings == ()
+    assert parse(changed(doc, "metadata.annotations", {A + "min-scale": "0"}), tmp_path).warnings == (
+        f'metadata.annotations["{A}min-scale"]: 0 recorded; the local backend runs 1 replica until scale to zero lands',
+    )
+
+
 def test_the_older_onnx_shorthand(tmp_path: Path, doc: dict[str, Any]):
     spec = parse(changed(doc, "spec.predictor", {"onnx": {"storageUri": "models/add.onnx"}}), tmp_path)
     assert spec.components["predictor"].server_args[-1] == str(tmp_path / "models" / "add.onnx")
@@ -466,6 +514,7 @@ ANNOTATIONS_REFUSED = [
     ({A + "min-scale": "1", A + "minScale": "2"}, "is given twice (under both of its spellings)"),
     ({A + "min-scale": "3", A + "max-scale": "2"}, "2 is below min-scale 3"),
     ({A + "initial-scale": 1}, "keys and values must be strings (quote numbers"),
+    ({"serving.kserve.io/enable-tag-routing": "false"}, 'only "true" is supported (servelane always routes tags'),
 ]
 
 
