@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -73,12 +74,60 @@ def _text(value: Any) -> str:
 
 
 class EchoHeaders(Model):
-    """Answers with the request headers it saw (``name: value`` lines, sorted), as BYTES output ``headers``."""
+    """Answers with the request headers it saw (``name: value`` lines, sorted): as BYTES output ``headers`` over V2,
+    as ``predictions`` over V1. Empty V1 ``instances`` are the caller's mistake; a V2 input named ``stall`` is never
+    answered (only the caller's deadline, a cancellation, ends the call)."""
 
     async def predict(self, payload: Any, context: RequestContext) -> Any:
         lines = sorted(f"{k.lower()}: {v}" for k, v in context.headers.items() if k.lower().startswith(_SHOWN))
+        if not isinstance(payload, InferRequest):
+            if not payload.get("instances"):
+                raise InvalidInput("echo needs at least one instance")
+            return {"predictions": lines}
+        if any(tensor.name == "stall" for tensor in payload.inputs):
+            await asyncio.Event().wait()
         data = np.array([line.encode() for line in lines], dtype=np.object_)
         return InferResponse(self.name, [Tensor("headers", "BYTES", data.shape, data)], id="")
+
+
+class Relay(Model):
+    """A transformer that changes nothing: the base class's ``predict`` forwards to ``--predictor-host``."""
+
+
+class Shout(Model):
+    """Upper-cases V1 instances with plain ``def`` hooks, each noting in the response headers its thread and the
+    request's ``x-tenant``; ``explain`` answers which thread explained, and for which tenant."""
+
+    def preprocess(self, payload: Any, context: RequestContext) -> Any:
+        _note(context, "preprocess")
+        return [str(text).upper() for text in payload["instances"]]
+
+    def predict(self, payload: Any, context: RequestContext) -> Any:
+        return {"predictions": payload}
+
+    def postprocess(self, result: Any, context: RequestContext) -> Any:
+        _note(context, "postprocess")
+        return result
+
+    def explain(self, payload: Any, context: RequestContext) -> Any:
+        return _explanation(payload, context)
+
+
+class AsyncShout(Shout):
+    """Shout with an ``async def explain`` (awaited on the event loop)."""
+
+    async def explain(self, payload: Any, context: RequestContext) -> Any:
+        return _explanation(payload, context)
+
+
+def _note(context: RequestContext, hook: str) -> None:
+    context.response_headers[f"x-{hook}-thread"] = threading.current_thread().name
+    context.response_headers[f"x-{hook}-tenant"] = context.headers.get("x-tenant", "")
+
+
+def _explanation(payload: Any, context: RequestContext) -> dict[str, Any]:
+    return {"explanations": [f"{len(text)} letters" for text in payload["instances"]],
+            "thread": threading.current_thread().name, "tenant": context.headers.get("x-tenant", "")}
 
 
 _SHOWN = ("x-", "trace", "authorization", "cookie")

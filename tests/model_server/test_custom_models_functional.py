@@ -23,7 +23,8 @@ CLASSES = "tests.model_server.custom_models"
 @pytest.fixture
 def repository(tmp_path: Path) -> Path:
     root = tmp_path / "models"
-    for name, cls in (("reverse", "Reverse"), ("blocking", "Blocking"), ("greeter", "Greeter")):
+    for name, cls in (("reverse", "Reverse"), ("blocking", "Blocking"), ("greeter", "Greeter"), ("shout", "Shout"),
+                      ("async-shout", "AsyncShout")):
         (root / name).mkdir(parents=True)
         (root / name / "config.yaml").write_text(f"model_class: {CLASSES}:{cls}\n")
     (root / "greeter" / "greeting.txt").write_text("hello\n")  # no version folders: the folder is version 1
@@ -45,6 +46,25 @@ async def test_sync_hooks_run_on_the_model_pool_and_see_request_headers(http):
         assert r.headers["x-postprocess-thread"].startswith("model-reverse")
         assert r.headers["x-seen-request-id"] == "r-1"
         assert "predict;dur=" in r.headers["Server-Timing"]
+
+
+async def test_sync_pre_and_postprocess_run_on_the_model_pool_and_see_request_headers(http):
+    async with http.post("/v1/models/shout:predict", json={"instances": ["hey"]}, headers={"x-tenant": "t-9"}) as r:
+        assert r.status == 200, await r.text()
+        assert await r.json() == {"predictions": ["HEY"]}  # preprocess's answer reached predict
+        for hook in ("preprocess", "postprocess"):
+            assert r.headers[f"x-{hook}-thread"].startswith("model-shout"), hook
+            assert r.headers[f"x-{hook}-tenant"] == "t-9", hook
+
+
+@pytest.mark.parametrize("name, pool", [("shout", True), ("async-shout", False)])
+async def test_a_user_explain_hook_answers_explain(http, name: str, pool: bool):
+    async with http.post(f"/v1/models/{name}:explain", json={"instances": ["abc", "de"]},
+                         headers={"x-tenant": "t-3"}) as r:
+        body = await r.json()
+        assert r.status == 200, body
+    assert (body["explanations"], body["tenant"]) == (["3 letters", "2 letters"], "t-3")
+    assert body["thread"].startswith(f"model-{name}") is pool  # def: the model's pool; async def: the event loop
 
 
 async def test_the_same_class_serves_v1(http):
@@ -135,6 +155,20 @@ async def test_model_class_flag_serves_a_class_as_a_real_process():
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
             async with http.post("/v2/models/model/infer", json=v2_text("flag")) as r:  # the default name: model
                 assert (await r.json())["outputs"][0]["data"] == ["galf"]
+    finally:
+        assert proc.stop() == 0
+
+
+async def test_model_class_with_model_path_loads_from_that_folder_as_a_real_process(tmp_path: Path):
+    (tmp_path / "greeting.txt").write_text("ahoy\n")
+    port = free_port()
+    proc = ServiceProcess("servelane", "model-server", "--model-class", f"{CLASSES}:Greeter",
+                          "--model-path", str(tmp_path), "--http-port", str(port), "--grpc-port", "-1").start()
+    try:
+        await asyncio.to_thread(proc.wait_http, f"http://127.0.0.1:{port}/v2/health/ready")
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            async with http.post("/v1/models/model:predict", json={"instances": ["ada"]}) as r:
+                assert (r.status, await r.json()) == (200, {"predictions": ["ahoy, ada"], "version": "1"})
     finally:
         assert proc.stop() == 0
 
