@@ -1,4 +1,5 @@
-"""Fixtures for gateway tests: stand-in replicas and in-process gateways on 127.0.0.1 free ports."""
+"""Fixtures for gateway tests: stand-in replicas, a stand-in controller and in-process gateways on 127.0.0.1 free
+ports."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from common.lifecycle import bound_port
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from tests.gateway.backend import Backend
+from tests.gateway.controller import Controller
 
 
 @pytest.fixture
@@ -36,6 +38,14 @@ async def start_backend() -> AsyncIterator[Callable[[str], Awaitable[Backend]]]:
     for backend, runner in runners:
         backend.release.set()
         await runner.cleanup()
+
+
+@pytest.fixture
+async def controller() -> AsyncIterator[Controller]:
+    c = Controller()
+    await c.start()
+    yield c
+    await c.stop()
 
 
 @pytest.fixture
