@@ -77,7 +77,7 @@ class ModelServer:
         await asyncio.gather(*stopping)
         if self.predictor is not None:
             await self.predictor.close()
-        self.repository.close()
+        await self.repository.close()
         log.info("stopped")
 
 

@@ -10,14 +10,17 @@ A batch is due when it is full (it holds max_batch_rows, or the next request tha
 over), when its rows make one of the preferred sizes (it is then cut at the largest it makes), once its oldest
 request has waited max_queue_delay, or at once when that delay is 0: then batches form only from what queued
 while every slot was busy, which costs a lone request nothing. Only requests with the same input names,
-datatypes, trailing dimensions and parameters share a batch; a request larger than max_batch_rows, with no
-common first dimension, or with an input whose first dimension is not a batch dimension, runs alone.
+datatypes, trailing dimensions and parameters (and the same values of the model's ``key_headers``, so that
+credentials never mix) share a batch; a request larger than max_batch_rows, with no common first dimension, or
+with an input whose first dimension is not a batch dimension, runs alone. The model call of a batch gets the
+first request's headers; the response headers it sets go to every request of the batch.
 
 Requests are validated before they get here, so one bad input never fails the others. A batch whose model call
 fails fails each of its requests with that error; a model that returns the wrong number of rows fails them with
 an InferenceError. Every request gets exactly its own rows, in order; filtering the requested outputs is left to
-the dataplane (the batch computes the union of what its requests asked for). The clock and the timer are
-injected, so tests drive the delay without sleeping.
+the dataplane (the batch computes the union of what its requests asked for). When a batch's model call returns,
+the next due batch starts before the finished batch's callers are woken, so the model does not wait while their
+responses are encoded. The clock and the timer are injected, so tests drive the delay without sleeping.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Batcher:
         *,
         slots: int = 1,
         fixed_inputs: frozenset[str] = frozenset(),
+        key_headers: tuple[str, ...] = (),
         on_batch: OnBatch | None = None,
         clock: Callable[[], float] = time.monotonic,
         call_later: CallLater | None = None,
@@ -81,6 +85,7 @@ class Batcher:
         self._preferred = frozenset(config.preferred_batch_rows)
         self._free = self._slots = max(1, slots)
         self._fixed = fixed_inputs
+        self._key_headers = key_headers
         self._on_batch = on_batch
         self._clock = clock
         self._call_later = call_later
@@ -100,13 +105,13 @@ class Batcher:
         return len(self._queue)
 
     async def submit(self, request: InferRequest, context: RequestContext) -> InferResponse:
-        rows, key = self._shape(request)
+        rows, key = self._shape(request, context)
         future: asyncio.Future[InferResponse] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(request, context, rows, key, self._clock(), future))
         self._schedule()
         return await future  # cancelled (the client left): the item is skipped when batches form
 
-    def _shape(self, request: InferRequest) -> tuple[int, Hashable | None]:
+    def _shape(self, request: InferRequest, context: RequestContext) -> tuple[int, Hashable | None]:
         """The request's rows, and the key of the requests it may share a batch with (None: it runs alone)."""
         inputs = request.inputs
         rows = inputs[0].shape[0] if inputs and inputs[0].shape else 0
@@ -117,7 +122,10 @@ class Batcher:
                 return rows, None
         signature = tuple(sorted((t.name, t.datatype, t.shape[1:]) for t in inputs))
         parameters = tuple(sorted((k, v) for k, v in request.parameters.items() if k not in CODEC_PARAMETERS))
-        return rows, (signature, parameters)
+        if not self._key_headers:
+            return rows, (signature, parameters)
+        headers = context.headers
+        return rows, (signature, parameters, tuple(headers.get(name) for name in self._key_headers))
 
     # -- scheduling ------------------------------------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -194,6 +202,7 @@ class Batcher:
     async def _run(self, batch: list[_Item]) -> None:
         started = self._clock()
         rows = sum(item.rows for item in batch)
+        released = False
         try:
             waits = [started - item.queued_at for item in batch]
             for item, wait in zip(batch, waits):
@@ -202,11 +211,16 @@ class Batcher:
                 self._on_batch(rows, waits)
             if len(batch) == 1:
                 item = batch[0]
-                _settle(item, await self._run_batch(item.request, item.context))
+                result = await self._run_batch(item.request, item.context)
+                released = self._release()
+                _settle(item, result)
             else:
-                merged = merge([item.request for item in batch])
-                result = await self._run_batch(merged, RequestContext(batch[0].context.protocol))
+                first = batch[0].context
+                context = RequestContext(first.protocol, headers=first.headers)
+                result = await self._run_batch(merge([item.request for item in batch]), context)
+                released = self._release()
                 for item, part in zip(batch, split(self.name, result, batch, rows)):
+                    item.context.response_headers.update(context.response_headers)
                     _settle(item, part)
         except asyncio.CancelledError:
             for item in batch:
@@ -217,8 +231,15 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
         finally:
-            self._free += 1
-            self._schedule()
+            if not released:
+                self._release()
+
+    def _release(self) -> bool:
+        """Free this batch's slot and start the next due batch. Called as soon as the model returns, before the
+        callers are woken: the next batch's first step is then queued on the loop ahead of their responses."""
+        self._free += 1
+        self._schedule()
+        return True
 
 
 def _settle(item: _Item, result: Any) -> None:

@@ -85,8 +85,8 @@ class DataPlane:
             return await self.upstream_ready(name)
         return entry.state == READY
 
-    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
-        return self.repository.get(name, version).metadata()
+    async def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        return await self.repository.get(name, version).describe()
 
     # -- repository ------------------------------------------------------------------------------------------
     async def load(self, name: str) -> None:
@@ -106,7 +106,8 @@ class DataPlane:
         for entry in self.repository.entries():
             self.metrics.model_ready.labels(entry.name).set(1 if entry.state == READY else 0)
             for version, model in entry.models.items():
-                for provider in model.metadata().parameters.get("execution_providers", ()):
+                described = model.described.parameters if model.described is not None else {}
+                for provider in described.get("execution_providers", ()):
                     self.metrics.providers.labels(entry.name, version, provider).set(1)
 
     def count(self, model_name: str, protocol: str, code: int | str) -> None:
@@ -123,7 +124,7 @@ class DataPlane:
 
     async def infer(self, request: InferRequest, context: RequestContext) -> InferResponse:
         model = self.repository.get(request.model_name, request.model_version)
-        metadata = model.metadata()
+        metadata = model.described or await model.describe()
         validate(request, metadata, model.max_batch_size)
         if request.inputs and request.inputs[0].shape:
             self._stages(model.name)[4].observe(request.inputs[0].shape[0])
@@ -160,6 +161,7 @@ class DataPlane:
         t1 = time.perf_counter()
         batcher = self._batcher(model) if isinstance(payload, InferRequest) else None
         if batcher is not None:
+            model.check_request(payload)  # a request that would fail its whole batch fails alone, here
             result = await batcher.submit(payload, context)
         else:
             result = await model.call(model.predict, payload, context)
@@ -177,13 +179,14 @@ class DataPlane:
         batcher = model.batcher
         config = model.config.dynamic_batching
         if batcher is None and config is not None:
-            spec = model.metadata().inputs
+            spec = model.described.inputs if model.described is not None else ()
             batcher = model.batcher = Batcher(
                 model.name,
                 functools.partial(model.call, model.predict),
                 config,
                 slots=model.instances,
                 fixed_inputs=frozenset(s.name for s in spec if not s.shape or s.shape[0] != -1),
+                key_headers=model.batch_key_headers,
                 on_batch=functools.partial(self._observe_batch, model.name),
             )
         return batcher

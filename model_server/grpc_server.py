@@ -5,12 +5,16 @@ pool). Every error becomes a gRPC status in exactly one place, :func:`_failure`:
 code and message; anything else is logged with its traceback and answered INTERNAL "Internal server error".
 Unary calls abort with that status; ModelStreamInfer puts the message in the reply's ``error_message`` and keeps
 the stream open. Message size limits are enforced by gRPC itself (RESOURCE_EXHAUSTED), before any handler runs.
+Response headers a model's hooks set go back on a ModelInfer call as initial metadata (lower-case names; those
+gRPC reserves or cannot carry as text are left out); a stream has one set of metadata for all its replies, so
+ModelStreamInfer sends none.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,6 +36,7 @@ PROTOCOL = "grpc"
 _INTERNAL_MESSAGE = "Internal server error"
 # Triton's unload option; we serve no ensembles, so there are no dependents to unload and it changes nothing.
 _UNLOAD_OPTIONS = frozenset({"unload_dependents"})
+_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -75,6 +80,20 @@ def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return headers
 
 
+def _response_metadata(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Response headers as initial metadata: names lower-cased; a name gRPC reserves (``grpc-*``), a binary one
+    (``*-bin``), or a name or value it cannot carry as text is left out."""
+    metadata = []
+    for name, value in headers.items():
+        key, text = name.lower(), str(value)
+        if (_METADATA_KEY.fullmatch(key) and not key.startswith("grpc-") and not key.endswith("-bin")
+                and text.isascii() and text.isprintable()):
+            metadata.append((key, text))
+        else:
+            log.debug("response header %r is not valid gRPC metadata; left out", name)
+    return tuple(metadata)
+
+
 def _check_repository_name(name: str) -> None:
     if name:
         raise Unsupported("'repository_name' specification is not supported: this server has one repository")
@@ -107,14 +126,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        metadata = self.dataplane.model_metadata(request.name, request.version or None)
+        metadata = await self.dataplane.model_metadata(request.name, request.version or None)
         return codec_grpc.encode_model_metadata(metadata)
 
     # -- inference ---------------------------------------------------------------------------------------------
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        result = await self._infer(request, _headers(context))
+        hooks = RequestContext(PROTOCOL, headers=_headers(context))
+        result = await self._infer(request, hooks)
         if isinstance(result, _Failure):
             await context.abort(result.code, result.message)
+        metadata = _response_metadata(hooks.response_headers)
+        if metadata:
+            await context.send_initial_metadata(metadata)
         return result
 
     async def ModelStreamInfer(
@@ -123,18 +146,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # One request at a time, so replies come back in request order.
         headers = _headers(context)
         async for request in requests:
-            result = await self._infer(request, headers)
+            result = await self._infer(request, RequestContext(PROTOCOL, headers=dict(headers)))
             if isinstance(result, _Failure):
                 yield pb.ModelStreamInferResponse(error_message=result.message)
             else:
                 yield pb.ModelStreamInferResponse(infer_response=result)
 
-    async def _infer(self, message: pb.ModelInferRequest, headers: dict[str, str]) -> pb.ModelInferResponse | _Failure:
+    async def _infer(self, message: pb.ModelInferRequest, hooks: RequestContext) -> pb.ModelInferResponse | _Failure:
         """Decode, infer, encode; count the outcome. A failure is returned, not raised, for the caller to send."""
         try:
             request = codec_grpc.decode_request(message)
-            request.headers = headers
-            response = await self.dataplane.infer(request, RequestContext(PROTOCOL, headers=dict(headers)))
+            request.headers = dict(hooks.headers)
+            response = await self.dataplane.infer(request, hooks)
             encoded = codec_grpc.encode_response(response)
         except Exception as exc:
             failure = _failure(exc)

@@ -1,8 +1,15 @@
 """The model interface the dataplane serves: load, metadata, and the preprocess → predict → postprocess hooks.
 
 The payload a hook receives is an :class:`InferRequest` for V2 (REST and gRPC) and the decoded JSON object for
-V1. Each hook may be ``def`` or ``async def``; the dataplane runs plain functions on the model's bounded thread
-pool, never on the event loop. The onnxruntime model is one implementation; user classes are another.
+V1. Each hook (``load``, ``metadata``, ``preprocess``, ``predict``, ``postprocess``, ``explain``, ``unload``) may
+be ``def`` or ``async def``; the server runs plain functions off the event loop (the inference hooks on the
+model's bounded thread pool), never on it. ``metadata`` is asked once after ``load`` and its answer kept for
+validating requests (:attr:`Model.described`); the metadata endpoints ask it again. The onnxruntime model is one
+implementation; user classes are another.
+
+Under dynamic batching one ``predict`` call serves several requests: its context carries the headers of the
+batch's first request, requests whose ``batch_key_headers`` (by default ``authorization``) differ never share a
+batch, and the response headers it sets go on every response of the batch.
 
 A user class (``--model-class pkg.module:Cls`` or ``model_class:`` in config.yaml) subclasses :class:`Model`.
 The repository builds it with :meth:`Model.create` (override it if your ``__init__`` takes other arguments),
@@ -32,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.errors import ModelNotReady, Unsupported
+from common.errors import InferenceError, ModelNotReady, Unsupported
 from model_server.model_config import ModelConfig
-from model_server.types import ModelMetadata, TensorSpec
+from model_server.types import InferRequest, ModelMetadata, TensorSpec
 
 if TYPE_CHECKING:
     from model_server.batcher import Batcher
@@ -57,6 +64,9 @@ class Model:
     platform = "python"
     inputs: tuple[TensorSpec, ...] = ()  # declared V2 inputs; when given, requests are validated against them
     outputs: tuple[TensorSpec, ...] = ()
+    # Request headers (lower-case) whose values must match for requests to share a batched predict call: the
+    # call sees one request's headers, and a transformer forwards authorization to its predictor.
+    batch_key_headers: tuple[str, ...] = ("authorization",)
 
     def __init__(self, name: str, version: str = "1", *, instances: int = 1) -> None:
         self.name = name
@@ -68,6 +78,7 @@ class Model:
         self.config = ModelConfig()
         self.predictor: PredictorClient | None = None
         self.batcher: Batcher | None = None  # made by the dataplane on first use, when config.dynamic_batching is set
+        self.described: ModelMetadata | None = None  # the metadata hook's last answer (see describe())
         self._pool = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix=f"model-{name}")
 
     @classmethod
@@ -94,6 +105,20 @@ class Model:
         return ModelMetadata(
             name=self.name, versions=(self.version,), platform=self.platform, inputs=self.inputs, outputs=self.outputs
         )
+
+    async def describe(self) -> ModelMetadata:
+        """Ask the metadata hook (``def``: on the pool; ``async def``: awaited) and remember the answer, which
+        validates requests until the next call."""
+        metadata = await self.call(self.metadata)
+        if not isinstance(metadata, ModelMetadata):
+            raise InferenceError(f"model {self.name}: metadata() returned {type(metadata).__name__}, "
+                                 "not a ModelMetadata")
+        self.described = metadata
+        return metadata
+
+    def check_request(self, request: InferRequest) -> None:
+        """Checks of one V2 request beyond its declared inputs, made before it may join a batch, so that a bad
+        request fails alone (raise :class:`~common.errors.InvalidInput`). Runs on the event loop: keep it cheap."""
 
     async def preprocess(self, payload: Any, context: RequestContext) -> Any:
         return payload

@@ -51,6 +51,7 @@ def _cuda_driver_present() -> bool:
 
 class OnnxModel(Model):
     platform = "onnxruntime_onnx"
+    batch_key_headers = ()  # onnxruntime never sees a request's headers: any requests may share a batch
 
     def __init__(self, name: str, version: str, path: Path, config: ModelConfig) -> None:
         super().__init__(name, version, instances=config.instances)
@@ -124,6 +125,12 @@ class OnnxModel(Model):
 
     def metadata(self) -> ModelMetadata:
         return self._metadata
+
+    def check_request(self, request: InferRequest) -> None:
+        """BYTES inputs become str here, per request, so one that is not UTF-8 fails alone, not in its batch."""
+        for tensor in request.inputs:
+            if tensor.datatype == "BYTES":
+                tensor.data = _strings(tensor)
 
     async def predict(self, payload: Any, context: RequestContext) -> Any:
         if isinstance(payload, InferRequest):
@@ -209,13 +216,18 @@ def _spec(arg: Any) -> TensorSpec:
 
 def _feed(tensor: Tensor) -> Any:
     if tensor.datatype == "BYTES":
-        try:
-            return np.array([_text(v) for v in tensor.data.ravel()], dtype=np.object_).reshape(tensor.data.shape)
-        except UnicodeDecodeError:
-            raise InvalidInput(f"input '{tensor.name}': the model takes strings, and an element is not UTF-8") from None
+        return _strings(tensor)
     if tensor.datatype == "BF16":
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(tensor.data), _BF16)
     return tensor.data
+
+
+def _strings(tensor: Tensor) -> np.ndarray:
+    """A BYTES tensor's elements as the str objects onnxruntime takes for its string tensors."""
+    try:
+        return np.array([_text(v) for v in tensor.data.ravel()], dtype=np.object_).reshape(tensor.data.shape)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input '{tensor.name}': the model takes strings, and an element is not UTF-8") from None
 
 
 def _text(value: Any) -> str:

@@ -120,7 +120,7 @@ class ModelRepository:
             entry = Entry(name, READY, "", models, models[max(models, key=int)])
             self._entries[name] = entry
             if previous is not None:
-                _release(previous)
+                await _release_off_loop(previous)
             log.info("model %s ready, versions %s", name, list(models))
             return entry
 
@@ -145,7 +145,7 @@ class ModelRepository:
                 models[str(version)] = self._load_one(source.name, str(version), path, config, loop)
         except BaseException:
             for model in models.values():
-                model.unload()
+                _unload(model, loop)
             raise
         return models
 
@@ -160,8 +160,9 @@ class ModelRepository:
                 model.load()
             if not model.ready:
                 raise RuntimeError(f"{type(model).__name__}.load() returned, but the model is not ready")
+            asyncio.run_coroutine_threadsafe(model.describe(), loop).result()
         except BaseException:
-            model.unload()
+            _unload(model, loop)
             raise
         return model
 
@@ -170,7 +171,7 @@ class ModelRepository:
             entry = self._entries.pop(name, None)
             if entry is None:
                 raise ModelNotFound(name)
-            _release(entry)
+            await _release_off_loop(entry)
             log.info("model %s unloaded", name)
 
     def get(self, name: str, version: str | None = None) -> Model:
@@ -222,12 +223,25 @@ class ModelRepository:
                 rows.extend({"name": name, "version": v, "state": entry.state, "reason": ""} for v in entry.models)
         return rows
 
-    def close(self) -> None:
-        for entry in self._entries.values():
-            _release(entry)
+    async def close(self) -> None:
+        entries = list(self._entries.values())
         self._entries.clear()
+        for entry in entries:
+            await _release_off_loop(entry)
 
 
-def _release(entry: Entry) -> None:
+async def _release_off_loop(entry: Entry) -> None:
+    """Unload every version while serving: ``async def unload`` awaited, a plain one on a worker thread."""
     for model in entry.models.values():
+        if inspect.iscoroutinefunction(model.unload):
+            await model.unload()
+        else:
+            await asyncio.to_thread(model.unload)
+
+
+def _unload(model: Model, loop: asyncio.AbstractEventLoop) -> None:
+    """Unload a model from a worker thread (a load that failed), running ``async def unload`` on ``loop``."""
+    if inspect.iscoroutinefunction(model.unload):
+        asyncio.run_coroutine_threadsafe(model.unload(), loop).result()
+    else:
         model.unload()

@@ -145,7 +145,8 @@ class RestEdge:
         return Response.json({"name": name, "ready": True})
 
     async def model_metadata(self, request: Request, params: Params) -> Response:
-        return Response.json(self.dataplane.model_metadata(params["name"], params.get("version")).to_dict())
+        metadata = await self.dataplane.model_metadata(params["name"], params.get("version"))
+        return Response.json(metadata.to_dict())
 
     # -- inference ---------------------------------------------------------------------------------------------
     async def v2_infer(self, request: Request, params: Params) -> Response:
@@ -189,7 +190,8 @@ class RestEdge:
         return compression.decompress(body, encoding, limit) if encoding else body
 
     def reply(self, request: Request, payload: bytes, headers: dict[str, str], context: RequestContext) -> Response:
-        headers.update(context.response_headers)
+        if context.response_headers:
+            headers.update(hook_headers(context.response_headers))
         if context.timings:
             headers["Server-Timing"] = server_timing(context.timings)
         request_id = request.headers.get("x-request-id")
@@ -227,6 +229,29 @@ class RestEdge:
 class _NoRoute(Exception):
     def __init__(self, response: Response) -> None:
         self.response = response
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Framing and connection fields belong to the server; a hook's copy would corrupt the response.
+_SERVER_FIELDS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+                            "trailer", "proxy-connection"})
+_WARNED: set[str] = set()
+
+
+def hook_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The response headers a model's hooks set that may go on the wire: a field name that is not an HTTP token, a
+    value with a line break or NUL (response splitting), or a framing field is left out, with a warning."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        text = str(value)
+        if (_TOKEN.fullmatch(name) and name.lower() not in _SERVER_FIELDS
+                and not any(c in text for c in "\r\n\0") and text.isascii()):
+            kept[name] = text
+        elif name not in _WARNED and len(_WARNED) < 256:  # once per name, not once per request
+            _WARNED.add(name)
+            log.warning("response header %r set by a model hook is not a valid HTTP field (or is the server's "
+                        "own); left out", name)
+    return kept
 
 
 def server_timing(timings: dict[str, float]) -> str:

@@ -63,6 +63,7 @@ class FakeModel:
     """y = 10 * x + 1 for FP32 x; s_out = s for BYTES s. Records each call; ``gate`` holds calls while cleared."""
 
     calls: list[InferRequest] = field(default_factory=list)
+    contexts: list[RequestContext] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     fail: Exception | None = None
     drop_row: bool = False
@@ -72,7 +73,9 @@ class FakeModel:
 
     async def __call__(self, request: InferRequest, context: RequestContext) -> InferResponse:
         self.calls.append(request)
+        self.contexts.append(context)
         await self.gate.wait()
+        context.response_headers["x-call"] = str(len(self.calls))
         if self.fail is not None:
             raise self.fail
         outputs = []
@@ -310,3 +313,60 @@ async def test_metrics_hook_sees_rows_and_each_wait():
     await timers.advance(0.0006)
     await asyncio.gather(a, c)
     assert seen == [(3, [pytest.approx(0.001), pytest.approx(0.0006)])]
+
+
+def submit_as(b: Batcher, req: InferRequest, headers: dict[str, str]) -> tuple[asyncio.Task, RequestContext]:
+    context = RequestContext("v2", headers=headers)
+    return asyncio.ensure_future(b.submit(req, context)), context
+
+
+async def test_key_headers_keep_credentials_apart_and_the_batch_call_sees_the_first_requests_headers():
+    model, timers = FakeModel(), FakeTimers()
+    model.gate.clear()
+    b = batcher(model, timers, key_headers=("authorization",))
+    hold = submit(b, request(0.0))
+    await settle()
+    alice1, c1 = submit_as(b, request(1.0), {"authorization": "alice", "traceparent": "t-1"})
+    bob, c2 = submit_as(b, request(2.0), {"authorization": "bob"})
+    alice2, c3 = submit_as(b, request(3.0), {"authorization": "alice", "traceparent": "t-3"})
+    await settle()
+    model.gate.set()
+    await asyncio.gather(hold, alice1, bob, alice2)
+    assert model.rows() == [1, 2, 1]  # alice's two requests together; bob's alone
+    assert model.contexts[1].headers == {"authorization": "alice", "traceparent": "t-1"}
+    assert model.contexts[2].headers == {"authorization": "bob"}
+    # what the batch's call set comes back on each of its responses
+    assert [c.response_headers for c in (c1, c3, c2)] == [{"x-call": "2"}, {"x-call": "2"}, {"x-call": "3"}]
+
+
+async def test_without_key_headers_any_credentials_share_a_batch():
+    model, timers = FakeModel(), FakeTimers()
+    model.gate.clear()
+    b = batcher(model, timers)
+    hold = submit(b, request(0.0))
+    await settle()
+    tasks = [submit_as(b, request(float(i)), {"authorization": f"user-{i}"})[0] for i in range(1, 4)]
+    await settle()
+    model.gate.set()
+    await asyncio.gather(hold, *tasks)
+    assert model.rows() == [1, 3]
+
+
+async def test_the_next_batch_starts_before_the_finished_batchs_callers_wake():
+    model, timers = FakeModel(), FakeTimers()
+    model.gate.clear()
+    b = batcher(model, timers)
+    calls_when_woken: list[int] = []
+
+    async def caller(value: float) -> None:
+        await b.submit(request(value), RequestContext("v2"))
+        calls_when_woken.append(len(model.calls))
+
+    first = asyncio.ensure_future(caller(0.0))
+    await settle()
+    queued = asyncio.ensure_future(caller(1.0))
+    await settle()
+    assert model.rows() == [1]
+    model.gate.set()
+    await asyncio.gather(first, queued)
+    assert calls_when_woken[0] == 2  # the queued request's batch had reached the model when the first woke

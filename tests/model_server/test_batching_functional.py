@@ -150,3 +150,32 @@ async def test_batching_by_flag_for_a_single_model(start_model_server, tmp_path:
         answers = await asyncio.wait_for(asyncio.gather(*(call(i) for i in range(4))), 30)
     assert answers == [[i + 2.0] * 4 for i in range(4)]
     assert sample(server, "model_server_batch_rows_sum", {"model_name": "add"}) == 4
+
+
+async def test_a_bytes_value_that_is_not_utf8_fails_alone_not_its_batch(server):
+    """onnxruntime takes strings: the request whose BYTES element is not UTF-8 is refused before it can join a batch,
+    and the eight good ones still make one full batch of their own."""
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+
+    async def bad() -> None:
+        x = inputs(0)
+        x["s"] = np.array([[b"\xff\xfe not text"]], dtype=np.object_)
+        tensors = []
+        for name, datatype in (("a", "FP32"), ("b", "INT64"), ("c", "BOOL"), ("s", "BYTES")):
+            tensor = grpcclient.InferInput(name, list(x[name].shape), datatype)
+            tensor.set_data_from_numpy(x[name])
+            tensors.append(tensor)
+        await client.infer("multi", tensors)
+
+    try:
+        first = asyncio.ensure_future(bad())
+        good = [grpc_call(client, i) for i in range(1, 9)]
+        refused, *answers = await asyncio.wait_for(asyncio.gather(first, *good, return_exceptions=True), 15)
+    finally:
+        await client.close()
+    assert "INVALID_ARGUMENT" in str(refused) and "not UTF-8" in str(refused)
+    for i, answer in enumerate(answers, start=1):
+        assert not isinstance(answer, BaseException), answer
+        check(i, answer)
+    assert sample(server, "model_server_batch_rows_count", {"model_name": "multi"}) == 1
+    assert sample(server, "model_server_batch_rows_sum", {"model_name": "multi"}) == 8

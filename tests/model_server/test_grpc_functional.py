@@ -87,7 +87,7 @@ async def start(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server]
     yield _start
     for server in servers:
         await server.stop(None)
-    repository.close()
+    await repository.close()
 
 
 @pytest.fixture

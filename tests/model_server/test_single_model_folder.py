@@ -26,7 +26,7 @@ async def test_a_model_folder_is_served_under_the_given_name_with_its_versions_a
         assert repository.get("plus").version == "2"
         assert repository.get("plus").config.instances == 2
     finally:
-        repository.close()
+        await repository.close()
 
 
 async def test_the_iris_example_folder_under_an_inference_service_name():
@@ -36,7 +36,7 @@ async def test_the_iris_example_folder_under_an_inference_service_name():
         await repository.load_all()
         assert repository.all_ready() and repository.names() == ["my-iris"]
     finally:
-        repository.close()
+        await repository.close()
 
 
 async def test_a_file_stays_one_model_and_a_class_gets_the_folder_itself(tmp_path: Path):
@@ -46,7 +46,7 @@ async def test_a_file_stays_one_model_and_a_class_gets_the_folder_itself(tmp_pat
         await repository.load_all()
         assert list(repository.entry("one").models) == ["1"]
     finally:
-        repository.close()
+        await repository.close()
     with_class = ModelRepository(None, defaults=ModelConfig(model_class="pkg.mod:Cls"))
     with_class.add_file("cls", tmp_path)
     assert with_class._sources["cls"] == Source("cls", file=tmp_path, single=True)
