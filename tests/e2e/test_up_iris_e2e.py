@@ -1,10 +1,15 @@
 """``servelane up examples/``, as ``make run`` starts it: gateway → queue-proxy → iris transformer → gateway →
-queue-proxy → iris predictor, every hop a real process; then Ctrl-C (SIGTERM) leaves no process behind."""
+queue-proxy → iris predictor, every hop a real process; the curl commands it prints work as printed; the predictor
+alone answers without the transformer's species; then Ctrl-C (SIGTERM) leaves no process behind."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import time
 
@@ -25,12 +30,19 @@ NAMED = {
 HOST = "sklearn-iris.default.example.com"
 PREDICTOR_HOST = "sklearn-iris-predictor.default.example.com"
 IRIS = np.array(KSERVE_EXAMPLE["instances"], dtype=np.float32)
+# V2 outputs (name, datatype, shape) for IRIS: the predictor's own, and the transformer's with its species added
+PREDICTOR_OUTPUTS = [("label", "INT64", [2]), ("probabilities", "FP32", [2, 3])]
+TRANSFORMER_OUTPUTS = [*PREDICTOR_OUTPUTS, ("species", "BYTES", [2])]
+CURL_LINE = re.compile(r"^\s+(?:try|or):\s+(curl .*)$", re.MULTILINE)
 
 
 async def test_make_run_stack_end_to_end(servelane_up):
     up = servelane_up(ROOT / "examples")
-    output = up.process.output()
-    assert "curl -s" in output and "/v1/models/sklearn-iris:predict" in output
+    output = up.process.wait_output("  or:  curl", 10)  # printed just after "ready in"
+    curls = [shlex.split(line) for line in CURL_LINE.findall(output)]
+    assert len(curls) == 2 and "Host: sklearn-iris.default.example.com" in curls[1], output
+    for curl in curls:
+        await _run_printed_curl(curl)
 
     async with aiohttp.ClientSession(up.base) as http:
         # the README's curl (named features) and KServe's own, with and without its Host header
@@ -91,11 +103,13 @@ def _tritonclient_http(port: int) -> None:
     try:
         x = httpclient.InferInput("input", [2, 4], "FP32")
         x.set_data_from_numpy(IRIS, binary_data=True)
-        for headers in (None, {"Host": PREDICTOR_HOST}):  # through the transformer, and to the predictor alone
-            result = client.infer(
-                "sklearn-iris", [x], outputs=[httpclient.InferRequestedOutput("label")], headers=headers
-            )
-            assert result.as_numpy("label").tolist() == [1, 1]
+        for headers, expected in ((None, TRANSFORMER_OUTPUTS), ({"Host": PREDICTOR_HOST}, PREDICTOR_OUTPUTS)):
+            result = client.infer("sklearn-iris", [x], headers=headers)  # every output
+            outputs = [(o["name"], o["datatype"], o["shape"]) for o in result.get_response()["outputs"]]
+            assert (outputs, result.as_numpy("label").tolist()) == (expected, [1, 1]), headers
+        label = httpclient.InferRequestedOutput("label")
+        result = client.infer("sklearn-iris", [x], outputs=[label], headers={"Host": PREDICTOR_HOST})
+        assert [o["name"] for o in result.get_response()["outputs"]] == ["label"]
     finally:
         client.close()
 
@@ -105,13 +119,43 @@ async def _tritonclient_grpc(port: int) -> None:
     try:
         x = grpcclient.InferInput("input", [2, 4], "FP32")
         x.set_data_from_numpy(IRIS)
-        for headers in (None, {"x-servelane-host": PREDICTOR_HOST}):
+        alone = {"x-servelane-host": PREDICTOR_HOST}
+        for headers, expected in ((None, TRANSFORMER_OUTPUTS), (alone, PREDICTOR_OUTPUTS)):
             result = await client.infer("sklearn-iris", [x], headers=headers)
-            assert result.as_numpy("label").tolist() == [1, 1]
+            outputs = [(o.name, o.datatype, list(o.shape)) for o in result.get_response().outputs]
+            assert (outputs, result.as_numpy("label").tolist()) == (expected, [1, 1]), headers
         through = await client.infer("sklearn-iris", [x])
         assert through.as_numpy("species").tolist() == [b"versicolor", b"versicolor"]
     finally:
         await client.close()
+
+
+async def _run_printed_curl(curl: list[str]) -> None:
+    """The request a printed ``curl -s URL [-H 'Name: value'] [-d BODY]`` makes, sent with aiohttp, and the curl
+    itself when the machine has one: both answer the example's species."""
+    assert curl[0] == "curl", curl
+    url, headers, body, args = None, {}, None, iter(curl[1:])
+    for arg in args:
+        if arg == "-H":
+            name, _, value = next(args).partition(":")
+            headers[name.strip()] = value.strip()
+        elif arg == "-d":
+            body = next(args).encode()
+            headers.setdefault("Content-Type", "application/x-www-form-urlencoded")  # curl's, for -d
+        elif arg != "-s":
+            assert url is None and not arg.startswith("-"), f"{arg!r}: a curl argument this test does not know"
+            url = arg
+    assert url is not None, curl
+    expected = {"predictions": ["versicolor", "versicolor"]}
+    async with aiohttp.ClientSession() as http:
+        async with http.request("POST" if body else "GET", url, headers=headers, data=body) as response:
+            assert (response.status, await response.json()) == (200, expected), curl
+    if shutil.which("curl") is None:
+        return  # no curl binary here: the request it prints was checked above
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}  # the machine's proxy is not the test's
+    process = await asyncio.create_subprocess_exec(*curl, stdout=asyncio.subprocess.PIPE, env=env)
+    stdout, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert (process.returncode, json.loads(stdout)) == (0, expected), curl
 
 
 async def _gateway_that_dies_is_restarted(up) -> None:
