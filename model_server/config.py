@@ -39,6 +39,10 @@ class ModelServerConfig:
     predictor_authority: str | None = None
     predictor_health_check: bool = False  # readiness also asks the predictor whether the model is ready
     explainer: bool = False  # serve the occlusion explainer (unless --model-class names another class)
+    # How long a thread may hold the GIL while another waits for it (0: Python's 5 ms). A model call on the pool
+    # needs the GIL to start and to return; while the event loop is busy encoding responses the model waits up to
+    # this long, idle. Lower it when the model has cores (or a GPU) of its own.
+    gil_switch_interval_us: int = 0
 
     def __post_init__(self) -> None:
         if self.explainer and self.model_defaults.model_class is None:
@@ -60,6 +64,8 @@ class ModelServerConfig:
             raise ValueError("--predictor-authority needs --predictor-host")
         if self.predictor_host is None and (self.predictor_health_check or self.explainer):
             raise ValueError("--predictor-health-check and --explainer need --predictor-host")
+        if self.gil_switch_interval_us < 0:
+            raise ValueError("--gil-switch-interval-us must be 0 (Python's default) or more")
         for name in ("max_request_bytes", "grpc_max_message_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

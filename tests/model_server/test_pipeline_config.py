@@ -58,6 +58,11 @@ def test_flags_fill_the_model_defaults():
         "127.0.0.1:9000", "grpc-v2", True)
 
 
+def test_the_gil_switch_interval_flag():
+    assert parse_args(["--model-class", "a:B"]).gil_switch_interval_us == 0  # Python's own 5 ms
+    assert parse_args(["--model-class", "a:B", "--gil-switch-interval-us", "500"]).gil_switch_interval_us == 500
+
+
 def test_the_explainer_flag_picks_the_occlusion_explainer():
     config = parse_args(["--explainer", "--predictor-host", "h:1", "--explainer-output", "p",
                          "--explainer-baseline", "0,1,2"])
@@ -71,6 +76,7 @@ def test_the_explainer_flag_picks_the_occlusion_explainer():
     (["--model-class", "a:B", "--predictor-health-check"], "need --predictor-host"),
     (["--model-class", "a:B", "--batch-max-delay-us", "5"], "need --batch-max-rows"),
     (["--model-path", "m.onnx"], "needs --model-name"),
+    (["--model-class", "a:B", "--gil-switch-interval-us", "-1"], "0 (Python's default) or more"),
     ([], "--model-class"),
 ])
 def test_role_flags_are_checked(argv, message, capsys):
