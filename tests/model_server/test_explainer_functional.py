@@ -3,6 +3,7 @@ in-process (an ONNX model with ``explainer:``) and as the explainer role calling
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +12,7 @@ import pytest
 
 from model_server import explainer
 from model_server.model_config import ExplainerConfig, ModelConfig
+from tests.harness import ServiceProcess, free_port
 from tests.model_server.builders import C, W, build_linear
 
 X = np.array([[1.0, 2.0, 3.0], [-0.5, 0.0, 4.0]])
@@ -101,3 +103,21 @@ async def test_the_explainer_role_explains_the_predictors_model(start_model_serv
         body = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": X.ravel().tolist()}]}
         status, answer = await post(explaining.http_port, "/v2/models/linear/infer", body)
         assert [o["name"] for o in answer["outputs"]] == ["label", "y"]  # predict forwards
+
+
+async def test_the_explainer_role_as_a_process_from_its_flags(start_model_server, repository):
+    """``servelane model-server --explainer --predictor-host ...`` as users start it: the flags alone make the role."""
+    predictor = await start_model_server(repository)
+    port = free_port()
+    process = ServiceProcess(
+        "servelane", "model-server", "--explainer", "--model-name", "linear", "--explainer-baseline", "1,0,-1",
+        "--predictor-host", f"127.0.0.1:{predictor.grpc_port}", "--predictor-protocol", "grpc-v2",
+        "--http-port", str(port), "--grpc-port", "-1", "--log-level", "WARNING",
+    ).start()
+    try:
+        await asyncio.to_thread(process.wait_http, f"http://127.0.0.1:{port}/v2/health/ready")
+        status, answer = await post(port, "/v1/models/linear:explain", {"instances": X.tolist()})
+        assert status == 200, answer
+        check(answer, output="y")
+    finally:
+        assert process.stop() == 0
