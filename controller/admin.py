@@ -4,7 +4,8 @@
                                       JSON document, or 304 and no body when S seconds (default 30, at most 300)
                                       pass first; the gateway's ``--controller`` source long-polls this
     POST /v1/apply                    {"documents": [{"text": YAML, "base_dir": DIR, "source": FILE}]}: parsed as
-                                      InferenceServices and applied; 200 {"applied": [...]} or 400 naming the field
+                                      InferenceServices and applied; 200 {"applied": [{"service", "namespace",
+                                      "created", "warnings"}]} or 400 naming the field
     GET  /v1/status                   services, revisions, traffic and replicas, each replica's in-flight requests
                                       (its queue-proxy's average concurrency over the last second)
     GET  /healthz                     200 while the controller runs; /readyz 200 once every route has a ready replica
@@ -73,7 +74,12 @@ async def apply(request: web.Request) -> web.Response:
         raise InvalidInput(f'expected {{"documents": [{{"text", "base_dir", "source"}}]}}: {exc!r}') from None
     applied = await request.app[CONTROLLER].apply(specs)
     return json_response(
-        {"applied": [{"service": a.service, "namespace": a.namespace, "created": list(a.created)} for a in applied]}
+        {
+            "applied": [
+                {"service": a.service, "namespace": a.namespace, "created": a.created, "warnings": a.warnings}
+                for a in applied
+            ]
+        }
     )
 
 

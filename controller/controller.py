@@ -72,11 +72,13 @@ class ServiceRecord:
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """What one apply did to one service: the revisions it created (empty when nothing changed)."""
+    """What one apply did to one service: the revisions it created (empty when nothing changed), and the spec's
+    warnings (fields recorded without a local effect)."""
 
     service: str
     namespace: str
     created: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 class Controller:
@@ -136,7 +138,9 @@ class Controller:
             state.revisions.append(revision)
             created.append(revision.name)
             log.info("%s/%s: new %s revision %s", spec.namespace, spec.name, component, revision.name)
-        return Applied(spec.name, spec.namespace, tuple(created))
+        for warning in spec.warnings:
+            log.warning("%s/%s: %s", spec.namespace, spec.name, warning)
+        return Applied(spec.name, spec.namespace, tuple(created), spec.warnings)
 
     def _new_revision(self, spec: InferenceServiceSpec, component: ComponentSpec, number: int) -> RevisionRecord:
         name = f"{spec.name}-{component.component}-{number:05d}"

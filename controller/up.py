@@ -2,7 +2,8 @@
 
 ``up FILE|DIR ...`` runs, in order::
 
-    parse every spec                    a bad one stops here with the field named, before anything starts
+    parse every spec                    a bad one stops here with the field named, before anything starts; a
+                                        field recorded without a local effect is one warning line on stderr
     controller admin API                127.0.0.1:--admin-port (default 8090; what apply and status talk to)
     gateway                             a child process on --port / --grpc-port, fed by the controller's long-poll
     apply                               revisions created, replicas (model server + queue-proxy) started
@@ -60,6 +61,8 @@ def up(argv: Sequence[str]) -> int:
     except SpecError as exc:
         print(f"servelane up: {exc.message}", file=sys.stderr)
         return 2
+    for spec in specs:
+        warn("up", f"{spec.namespace}/{spec.name}", spec.warnings)
     logs.configure(args.log_level, "controller")
     failed: list[str] = []
     run_service(lambda stop: _up(args, specs, stop, failed))
@@ -131,6 +134,11 @@ def say(line: str) -> None:
     print(f"servelane: {line}", flush=True)
 
 
+def warn(command: str, service: str, warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"servelane {command}: warning: {service}: {warning}", file=sys.stderr, flush=True)
+
+
 # -- apply and status: clients of a running `up` ---------------------------------------------------------------------
 def client_parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"servelane {command}")
@@ -156,8 +164,10 @@ def apply(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
     for item in answer["applied"]:
+        service = f"{item['namespace']}/{item['service']}"
         created = ", ".join(item["created"]) or "unchanged"
-        print(f"{item['namespace']}/{item['service']}: {created}")
+        print(f"{service}: {created}")
+        warn("apply", service, item.get("warnings", ()))
     return 0
 
 
@@ -172,7 +182,9 @@ def status(argv: Sequence[str]) -> int:
 
 
 def table(report: dict[str, Any]) -> str:
-    rows = [("SERVICE", "COMPONENT", "REVISION", "TRAFFIC", "TAG", "READY", "IN-FLIGHT", "RESTARTS")]
+    # AVG-CONCURRENCY: requests in flight averaged over the last second, summed over the revision's replicas (each
+    # queue-proxy's Knative stat, what the autoscaler will read); not a count at one instant
+    rows = [("SERVICE", "COMPONENT", "REVISION", "TRAFFIC", "TAG", "READY", "AVG-CONCURRENCY", "RESTARTS")]
     for service in report["services"]:
         name = f"{service['namespace']}/{service['name']}"
         for component, revisions in service["components"].items():

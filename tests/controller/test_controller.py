@@ -4,68 +4,13 @@ the test says so (the real LocalScaler is tested in test_scaler.py and end to en
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import logging
 
 import pytest
 
-from controller.controller import Controller, GatewayAddress
-from controller.scaler import Replica, ReplicaTemplate
-from controller.spec import SpecError, load_specs
-from tests.models import build_add
-
-GATEWAY = GatewayAddress("127.0.0.1:8080", "127.0.0.1:8081")
-
-
-class ScriptedScaler:
-    """Replicas appear when scaled; ``ready(revision)`` makes them ready; every scale call is recorded."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int]] = []
-        self.templates: dict[str, ReplicaTemplate] = {}
-        self._replicas: dict[str, list[Replica]] = {}
-        self.controller: Controller | None = None
-
-    async def scale(self, template: ReplicaTemplate, replicas: int) -> None:
-        self.calls.append((template.revision, replicas))
-        self.templates[template.revision] = template
-        have = self._replicas.setdefault(template.revision, [])
-        while len(have) < replicas:
-            n = len(have) + 1
-            have.append(Replica(f"{template.revision}-{n}", f"127.0.0.1:{1000 + n}", None, False))
-        del have[replicas:]
-        if self.controller is not None:
-            self.controller.changed()  # as the LocalScaler's on_change
-
-    def replicas(self, revision: str) -> list[Replica]:
-        return list(self._replicas.get(revision, ()))
-
-    async def close(self) -> None:
-        self._replicas.clear()
-
-    def ready(self, revision: str) -> None:
-        self._replicas[revision] = [Replica(r.name, r.http, r.grpc, True) for r in self._replicas[revision]]
-        assert self.controller is not None
-        self.controller.changed()
-
-
-def spec(root: Path, offset: int, *, canary: int | None = None, transformer: bool = False, min_replicas: int = 1):
-    build_add(root / f"add-{offset}" / "model.onnx", float(offset))
-    text = f"""
-apiVersion: serving.kserve.io/v1beta1
-kind: InferenceService
-metadata: {{name: adder}}
-spec:
-  predictor:
-    minReplicas: {min_replicas}
-    {"" if canary is None else f"canaryTrafficPercent: {canary}"}
-    model: {{modelFormat: {{name: onnx}}, storageUri: ./add-{offset}, protocolVersion: v2}}
-"""
-    if transformer:
-        model_class = f"{Path(__file__).parents[2]}/examples/iris_transformer.py:IrisTransformer"
-        text += f"""  transformer:
-    containers: [{{name: t, args: ["--model-class", "{model_class}"]}}]
-"""
-    return load_specs(text, base_dir=root)
+from controller.controller import Controller
+from controller.spec import SpecError
+from tests.controller.scripted import GATEWAY, ScriptedScaler, spec
 
 
 @pytest.fixture
@@ -145,6 +90,17 @@ async def test_canary_splits_and_a_canary_only_change_moves_traffic_without_a_re
     assert traffic(controller) == [("adder-predictor-00001", 50, "prev"), ("adder-predictor-00002", 50, "latest")]
     await apply(controller, spec(tmp_path, 2))  # promoted: the canary field removed
     assert traffic(controller) == [("adder-predictor-00002", 100, "latest")]
+
+
+async def test_apply_returns_and_logs_the_specs_warnings(setup, tmp_path, caplog):
+    controller, scaler = setup
+    with caplog.at_level(logging.WARNING, "controller.controller"):
+        applied = await apply(controller, spec(tmp_path, 1, extra="maxReplicas: 3"))
+    warning = "spec.predictor.maxReplicas: recorded; the local backend runs max(minReplicas, 1) replicas until the "
+    warning += "autoscaler lands"
+    assert applied[0].warnings == (warning,)
+    assert [r.getMessage() for r in caplog.records] == [f"default/adder: {warning}"]
+    assert scaler.calls == [("adder-predictor-00001", 1)]
 
 
 async def test_a_transformer_calls_its_predictor_through_the_gateway_by_host(setup, tmp_path):
