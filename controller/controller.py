@@ -4,10 +4,15 @@ What applying a spec does, per component (predictor, transformer, explainer)::
 
     digest unchanged            nothing new; a changed canaryTrafficPercent only moves traffic
     digest changed (or new)     a new revision "<isvc>-<component>-<NNNNN>", scaled to max(minReplicas, 1)
-    traffic                     the latest revision once it is ready, else the last ready one (so a re-apply
-                                switches only when the new revision can take requests: none fail); with
-                                canaryTrafficPercent P, the latest gets P % and the previous ready one the rest;
-                                tags "latest" and "prev" name them (KServe's tags), a revision at 0 % keeps its tag
+    rolled out                  the revision that last took 100 %: the latest, once it is ready with no
+                                canaryTrafficPercent (or 100, or when none was rolled out before); an unpromoted
+                                canary never becomes it, so a spec applied mid-canary splits against the same one
+    traffic                     the latest revision once it is ready; until then the rolled-out one, else the last
+                                ready one (so a re-apply switches only when the new revision can take requests:
+                                none fail, and an earlier canary stops at once); with canaryTrafficPercent P and a
+                                rolled-out revision, a ready latest gets P % and the rolled-out one the rest (all of
+                                it goes to the latest while the rolled-out one is not ready); tags "latest" and
+                                "prev" name them (KServe's tags), a revision at 0 % keeps its tag
     retired revisions           scaled to 0 once no traffic points at them: the routing state without them is
                                 published first, then their queue-proxies drain
 
@@ -58,6 +63,7 @@ class RevisionRecord:
 class ComponentRecord:
     revisions: list[RevisionRecord] = field(default_factory=list)
     canary: int | None = None
+    rolled_out: RevisionRecord | None = None  # KServe's latestRolledoutRevision: the stable side of a canary
 
     @property
     def latest(self) -> RevisionRecord | None:
@@ -107,6 +113,7 @@ class Controller:
                 self._check(spec)
             results = [self._apply_one(spec) for spec in specs]
             for component in self._components():
+                _roll_out(component, self._ready)
                 for revision in self._serving(component):
                     self._spawn(self.scaler.scale(revision.template, revision.replicas))
             self.changed()
@@ -193,6 +200,8 @@ class Controller:
     # -- publishing ----------------------------------------------------------------------------------------------
     def changed(self) -> None:
         """Rebuild the routing state (the scaler calls this when a replica's readiness changes)."""
+        for component in self._components():
+            _roll_out(component, self._ready)
         state = self._build(self._state.version + 1)
         if _same_routes(state, self._state):
             return
@@ -313,20 +322,34 @@ def _key(spec: InferenceServiceSpec) -> tuple[str, str]:
     return spec.name, spec.namespace
 
 
+def _roll_out(component: ComponentRecord, ready: Callable[[str], bool]) -> None:
+    """The latest revision becomes the rolled-out one once it is ready and takes 100 % (see the module docstring)."""
+    latest, stable = component.latest, component.rolled_out
+    if latest is None or latest is stable or not ready(latest.name):
+        return
+    if component.canary in (None, 100) or stable is None or stable.retired:
+        component.rolled_out = latest
+
+
 def _traffic(component: ComponentRecord, ready: Callable[[str], bool]) -> tuple[Target, ...]:
     """Where a component's traffic goes now (see the module docstring)."""
-    latest = component.latest
+    latest, stable = component.latest, component.rolled_out
     if latest is None:
         return ()
+    if stable is latest or (stable is not None and stable.retired):
+        stable = None
+    canary = component.canary
+    if ready(latest.name):
+        if canary is None or stable is None:
+            return (Target(latest.name, 100, "latest"),)
+        share = canary if ready(stable.name) else 100  # a stable side that is restarting keeps its tag at 0 %
+        return (Target(stable.name, 100 - share, "prev"), Target(latest.name, share, "latest"))
+    if stable is not None and ready(stable.name):
+        return (Target(stable.name, 100, "prev"), Target(latest.name, 0, "latest"))
     previous = [r for r in component.revisions[:-1] if ready(r.name) and not r.retired]
-    prev = previous[-1] if previous else None
-    if prev is None:
+    if not previous:
         return (Target(latest.name, 100, "latest"),)
-    if not ready(latest.name):
-        return (Target(prev.name, 100, "prev"), Target(latest.name, 0, "latest"))
-    if component.canary is None:
-        return (Target(latest.name, 100, "latest"),)
-    return (Target(prev.name, 100 - component.canary, "prev"), Target(latest.name, component.canary, "latest"))
+    return (Target(previous[-1].name, 100, "prev"), Target(latest.name, 0, "latest"))
 
 
 def _same_routes(a: RoutingState, b: RoutingState) -> bool:

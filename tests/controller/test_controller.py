@@ -92,6 +92,56 @@ async def test_canary_splits_and_a_canary_only_change_moves_traffic_without_a_re
     assert traffic(controller) == [("adder-predictor-00002", 100, "latest")]
 
 
+async def test_a_spec_applied_mid_canary_splits_against_the_rolled_out_revision_not_the_canary(setup, tmp_path):
+    controller, scaler = setup
+    await apply(controller, spec(tmp_path, 1))
+    scaler.ready("adder-predictor-00001")
+    await apply(controller, spec(tmp_path, 2, canary=10))
+    scaler.ready("adder-predictor-00002")
+    assert traffic(controller) == [("adder-predictor-00001", 90, "prev"), ("adder-predictor-00002", 10, "latest")]
+    applied = await apply(controller, spec(tmp_path, 3, canary=10))
+    assert applied[0].created == ("adder-predictor-00003",)
+    assert traffic(controller) == [("adder-predictor-00001", 100, "prev"), ("adder-predictor-00003", 0, "latest")]
+    scaler.ready("adder-predictor-00003")
+    assert traffic(controller) == [("adder-predictor-00001", 90, "prev"), ("adder-predictor-00003", 10, "latest")]
+    await settle()
+    assert ("adder-predictor-00002", 0) in scaler.calls  # the unpromoted canary: 0 %, retired
+    assert ("adder-predictor-00001", 0) not in scaler.calls
+    assert "adder-predictor-00002" not in controller.state.revisions
+
+
+async def test_promoting_a_canary_makes_it_the_rolled_out_revision(setup, tmp_path):
+    controller, scaler = setup
+    await apply(controller, spec(tmp_path, 1))
+    scaler.ready("adder-predictor-00001")
+    await apply(controller, spec(tmp_path, 2, canary=10))
+    scaler.ready("adder-predictor-00002")
+    await apply(controller, spec(tmp_path, 2))  # promoted: canaryTrafficPercent removed
+    assert traffic(controller) == [("adder-predictor-00002", 100, "latest")]
+    await settle()
+    assert ("adder-predictor-00001", 0) in scaler.calls
+    await apply(controller, spec(tmp_path, 3, canary=20))
+    scaler.ready("adder-predictor-00003")
+    assert traffic(controller) == [("adder-predictor-00002", 80, "prev"), ("adder-predictor-00003", 20, "latest")]
+    await apply(controller, spec(tmp_path, 3, canary=100))  # 100 % promotes too, as in KServe
+    await apply(controller, spec(tmp_path, 3, canary=30))
+    assert traffic(controller) == [("adder-predictor-00003", 100, "latest")]
+
+
+async def test_a_restarting_rolled_out_revision_gives_its_share_to_the_canary_and_keeps_its_tag(setup, tmp_path):
+    controller, scaler = setup
+    await apply(controller, spec(tmp_path, 1))
+    scaler.ready("adder-predictor-00001")
+    await apply(controller, spec(tmp_path, 2, canary=10))
+    scaler.ready("adder-predictor-00002")
+    scaler.ready("adder-predictor-00001", False)
+    assert traffic(controller) == [("adder-predictor-00001", 0, "prev"), ("adder-predictor-00002", 100, "latest")]
+    await settle()
+    assert ("adder-predictor-00001", 0) not in scaler.calls  # not retired, and not replaced as the stable side
+    scaler.ready("adder-predictor-00001")
+    assert traffic(controller) == [("adder-predictor-00001", 90, "prev"), ("adder-predictor-00002", 10, "latest")]
+
+
 async def test_apply_returns_and_logs_the_specs_warnings(setup, tmp_path, caplog):
     controller, scaler = setup
     with caplog.at_level(logging.WARNING, "controller.controller"):
