@@ -1,7 +1,8 @@
 """The in-process floor: onnxruntime ``session.run`` in a loop, with the session options the model server uses.
 
-Run as a child process (``python -m bench.floor MODEL INPUTS.npz --duration S --warmup S``) so that its CPU time
-(``time.process_time``, every onnxruntime thread included) is the work's alone; prints one JSON :class:`Load`.
+Run as a child process (``python -m bench.floor MODEL INPUTS.npz --duration S --warmup S [--threads N]``) so
+that its CPU time (``time.process_time``, every onnxruntime thread included) is the work's alone; prints one JSON
+:class:`Load`.
 :func:`floor_load` is the parent's side.
 """
 
@@ -19,9 +20,9 @@ from pathlib import Path
 from bench.loadgen import Load, percentiles_ms
 
 
-async def floor_load(model: Path, inputs: Path, duration: float, warmup: float) -> Load:
+async def floor_load(model: Path, inputs: Path, duration: float, warmup: float, threads: int = 0) -> Load:
     argv = [sys.executable, "-m", "bench.floor", str(model), str(inputs), "--duration", str(duration),
-            "--warmup", str(warmup)]
+            "--warmup", str(warmup), "--threads", str(threads)]
     proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), duration + warmup + 120)
     if proc.returncode != 0:
@@ -29,15 +30,15 @@ async def floor_load(model: Path, inputs: Path, duration: float, warmup: float) 
     return Load(**json.loads(out))
 
 
-def run(model: Path, inputs: Path, duration: float, warmup: float) -> Load:
+def run(model: Path, inputs: Path, duration: float, warmup: float, threads: int = 0) -> Load:
     import numpy as np
     import onnxruntime as ort
 
     from model_server.model_config import ModelConfig
     from model_server.onnx_model import OnnxModel, default_providers
 
-    # the server's own options (threads = cores // instances, no spinning), for a default config.yaml
-    options = OnnxModel("floor", "1", model, ModelConfig()).session_options()
+    # the server's own options (threads = cores // instances unless given, no spinning), for that config.yaml
+    options = OnnxModel("floor", "1", model, ModelConfig(intra_op_threads=threads)).session_options()
     providers = [spec.as_ort() for spec in default_providers()]
     session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
     with np.load(inputs) as data:
@@ -67,8 +68,9 @@ def main() -> int:
     p.add_argument("inputs", type=Path, help=".npz with one array per model input")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: the server's default)")
     args = p.parse_args()
-    print(json.dumps(asdict(run(args.model, args.inputs, args.duration, args.warmup))))
+    print(json.dumps(asdict(run(args.model, args.inputs, args.duration, args.warmup, args.threads))))
     return 0
 
 

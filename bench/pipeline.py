@@ -5,12 +5,17 @@ Cases (``<name>@c<concurrency>``):
   by one model server as two models, ``mlp`` and ``mlp-batched`` (``dynamic_batching``: up to 64 rows, no
   queue delay, so batches form from what queues while the model computes the previous one);
 * ``floor-mlp-b16`` / ``floor-mlp-b64``: onnxruntime in-process on 16 and 64 rows, the same session options;
+* ``mlp-1core-batch-on`` / ``-gil200`` and ``floor-mlp-1core-b64``: the batched MLP with one onnxruntime thread
+  (``intra_op_threads: 1``), so the model has a core to itself and the event loop and wrk share the other: the
+  serving overhead when it does not compete with the model for CPU. Two servers, one with Python's GIL switch
+  interval and one with ``--gil-switch-interval-us 200``, against the in-process floor on one thread;
 * ``iris-predictor-v1``: V1 rows straight to the iris predictor;
 * ``iris-transformer-rest`` / ``-grpc``: V1 named features to examples/iris_transformer.py, which calls that
   predictor over V2 REST (binary) or gRPC. Server CPU is the transformer's; the predictor's is the upstream's.
 
 Targets: batching on at c64 at least 3x the rps of batching off, and at least 80% of in-process onnxruntime's
-rows per second at batch 64; the transformer adds at most 1 ms to the predictor's p50 at c1.
+rows per second at batch 64; the transformer adds at most 1 ms to the predictor's p50 at c1. The one-core cases
+are for information.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from tests.harness import ROOT, ServiceProcess, free_port
 HOST = "127.0.0.1"
 BATCH_ROWS = 64
 BATCHED = f"dynamic_batching:\n  max_batch_rows: {BATCH_ROWS}\n  max_queue_delay_us: 0\n"
+ONE_CORE = "intra_op_threads: 1\n" + BATCHED
+GIL_US = 200
 TRANSFORMER = str(ROOT / "examples" / "iris_transformer.py") + ":IrisTransformer"
 NAMED = {"sepal_length": 6.8, "sepal_width": 2.8, "petal_length": 4.8, "petal_width": 1.4}
 
@@ -42,6 +49,9 @@ SPEC = (  # (case, concurrencies)
     ("mlp-batch-on", (16, 64)),
     ("floor-mlp-b16", (1,)),
     ("floor-mlp-b64", (1,)),
+    ("mlp-1core-batch-on", (64,)),
+    ("mlp-1core-batch-on-gil200", (64,)),
+    ("floor-mlp-1core-b64", (1,)),
     ("iris-predictor-v1", (1,)),
     ("iris-transformer-rest", (1,)),
     ("iris-transformer-grpc", (1,)),
@@ -82,12 +92,13 @@ def _cases(name: str, request: HttpRequest, check: ms.Check, pid: int, options: 
 def mlp_cases(stack: contextlib.ExitStack, work: Path, options: Options, wrk: str | None) -> list[Case]:
     cases: list[Case] = []
     x = ms.inputs()["mlp"][1]
-    for name in _selected(options, "floor-mlp-b16", "floor-mlp-b64"):
+    for name in _selected(options, "floor-mlp-b16", "floor-mlp-b64", "floor-mlp-1core-b64"):
         rows = 16 if name.endswith("b16") else 64
         npz = work / f"mlp-{rows}.npz"
         np.savez(npz, x=np.repeat(x, rows, axis=0))
         model = work / "repo" / "mlp" / "1" / "model.onnx"
-        cases.append(Case(name, 1, partial(_floor, model, npz, options.warmup), None))
+        threads = 1 if "1core" in name else 0
+        cases.append(Case(name, 1, partial(_floor, model, npz, options.warmup, threads), None))
     served = _selected(options, "mlp-batch-off", "mlp-batch-on")
     if served:
         server, http_port, _ = stack.enter_context(serving("--model-repository", str(work / "repo")))
@@ -95,11 +106,16 @@ def mlp_cases(stack: contextlib.ExitStack, work: Path, options: Options, wrk: st
         for name in served:
             model = "mlp-batched" if name == "mlp-batch-on" else "mlp"
             cases += _cases(name, ms.v2_binary(base, model, "x", x), ms.check_binary("mlp"), server.pid, options, wrk)
+    for name in _selected(options, "mlp-1core-batch-on", "mlp-1core-batch-on-gil200"):
+        flags = ("--gil-switch-interval-us", str(GIL_US)) if name.endswith("gil200") else ()
+        server, http_port, _ = stack.enter_context(serving("--model-repository", str(work / "repo-1core"), *flags))
+        request = ms.v2_binary(f"http://{HOST}:{http_port}", "mlp", "x", x)
+        cases += _cases(name, request, ms.check_binary("mlp"), server.pid, options, wrk)
     return cases
 
 
-async def _floor(model: Path, npz: Path, warmup: float, concurrency: int, duration: float):
-    return await floor_load(model, npz, duration, warmup)
+async def _floor(model: Path, npz: Path, warmup: float, threads: int, concurrency: int, duration: float):
+    return await floor_load(model, npz, duration, warmup, threads)
 
 
 def iris_cases(stack: contextlib.ExitStack, options: Options, wrk: str | None) -> list[Case]:
@@ -129,6 +145,8 @@ async def run(options: Options, wrk: str | None) -> SuiteResult:
         models.build_mlp(work / "repo" / "mlp" / "1" / "model.onnx")
         models.build_mlp(work / "repo" / "mlp-batched" / "1" / "model.onnx")
         (work / "repo" / "mlp-batched" / "config.yaml").write_text(BATCHED)
+        models.build_mlp(work / "repo-1core" / "mlp" / "1" / "model.onnx")
+        (work / "repo-1core" / "mlp" / "config.yaml").write_text(ONE_CORE)
         cases = mlp_cases(stack, work, options, wrk) + iris_cases(stack, options, wrk)
         order = {key: i for i, key in enumerate(KEYS)}
         cases.sort(key=lambda case: order[case.key])
@@ -153,6 +171,9 @@ def ratios(run: dict[str, Measurement]) -> list[Ratio]:
         "on/off c16": ("mlp-batch-on@c16", "mlp-batch-off@c16"),
         "floor c64": ("mlp-batch-on@c64", "floor-mlp-b64@c1"),
         "floor c16": ("mlp-batch-on@c16", "floor-mlp-b16@c1"),
+        "1core": ("mlp-1core-batch-on@c64", "floor-mlp-1core-b64@c1"),
+        "1core gil": ("mlp-1core-batch-on-gil200@c64", "floor-mlp-1core-b64@c1"),
+        "gil": ("mlp-1core-batch-on-gil200@c64", "mlp-1core-batch-on@c64"),
         "rest hop": ("iris-transformer-rest@c1", "iris-predictor-v1@c1"),
         "grpc hop": ("iris-transformer-grpc@c1", "iris-predictor-v1@c1"),
     }
@@ -170,6 +191,13 @@ def ratios(run: dict[str, Measurement]) -> list[Ratio]:
     if "floor c16" in ran:
         out.append(ratio("mlp c16 batching on: rows/s / in-process rows/s at batch 16",
                          field("mlp-batch-on@c16", "rps"), field("floor-mlp-b16@c1", "rps", 16)))
+    for label, key in (("1core", "mlp-1core-batch-on@c64"), ("1core gil", "mlp-1core-batch-on-gil200@c64")):
+        if label in ran:
+            out.append(ratio(f"{key.split('@')[0]} c64: rows/s / in-process rows/s at batch 64 on one thread",
+                             field(key, "rps"), field("floor-mlp-1core-b64@c1", "rps", 64)))
+    if "gil" in ran:
+        out.append(ratio(f"mlp-1core c64: rps with --gil-switch-interval-us {GIL_US} / Python's 5 ms",
+                         field("mlp-1core-batch-on-gil200@c64", "rps"), field("mlp-1core-batch-on@c64", "rps")))
     for label, key in (("rest hop", "iris-transformer-rest@c1"), ("grpc hop", "iris-transformer-grpc@c1")):
         if label in ran:
             out.append(diff(f"iris c1: p50 ms {key.split('@')[0]} - predictor alone", field(key, "p50_ms"),
