@@ -78,12 +78,17 @@ async def test_a_changed_spec_switches_only_once_the_new_revision_is_ready(setup
     assert "adder-predictor-00001" not in controller.state.revisions
 
 
-async def test_canary_splits_and_a_canary_only_change_moves_traffic_without_a_revision(setup, tmp_path):
-    controller, scaler = setup
+async def canary_at_10(controller, scaler, tmp_path) -> None:
+    """Revision 1 ready and rolled out, then revision 2 applied with canaryTrafficPercent 10 and ready."""
     await apply(controller, spec(tmp_path, 1))
     scaler.ready("adder-predictor-00001")
     await apply(controller, spec(tmp_path, 2, canary=10))
     scaler.ready("adder-predictor-00002")
+
+
+async def test_canary_splits_and_a_canary_only_change_moves_traffic_without_a_revision(setup, tmp_path):
+    controller, scaler = setup
+    await canary_at_10(controller, scaler, tmp_path)
     assert traffic(controller) == [("adder-predictor-00001", 90, "prev"), ("adder-predictor-00002", 10, "latest")]
     applied = await apply(controller, spec(tmp_path, 2, canary=50))
     assert applied[0].created == ()
@@ -94,10 +99,7 @@ async def test_canary_splits_and_a_canary_only_change_moves_traffic_without_a_re
 
 async def test_a_spec_applied_mid_canary_splits_against_the_rolled_out_revision_not_the_canary(setup, tmp_path):
     controller, scaler = setup
-    await apply(controller, spec(tmp_path, 1))
-    scaler.ready("adder-predictor-00001")
-    await apply(controller, spec(tmp_path, 2, canary=10))
-    scaler.ready("adder-predictor-00002")
+    await canary_at_10(controller, scaler, tmp_path)
     assert traffic(controller) == [("adder-predictor-00001", 90, "prev"), ("adder-predictor-00002", 10, "latest")]
     applied = await apply(controller, spec(tmp_path, 3, canary=10))
     assert applied[0].created == ("adder-predictor-00003",)
@@ -112,10 +114,7 @@ async def test_a_spec_applied_mid_canary_splits_against_the_rolled_out_revision_
 
 async def test_promoting_a_canary_makes_it_the_rolled_out_revision(setup, tmp_path):
     controller, scaler = setup
-    await apply(controller, spec(tmp_path, 1))
-    scaler.ready("adder-predictor-00001")
-    await apply(controller, spec(tmp_path, 2, canary=10))
-    scaler.ready("adder-predictor-00002")
+    await canary_at_10(controller, scaler, tmp_path)
     await apply(controller, spec(tmp_path, 2))  # promoted: canaryTrafficPercent removed
     assert traffic(controller) == [("adder-predictor-00002", 100, "latest")]
     await settle()
@@ -130,10 +129,7 @@ async def test_promoting_a_canary_makes_it_the_rolled_out_revision(setup, tmp_pa
 
 async def test_a_restarting_rolled_out_revision_gives_its_share_to_the_canary_and_keeps_its_tag(setup, tmp_path):
     controller, scaler = setup
-    await apply(controller, spec(tmp_path, 1))
-    scaler.ready("adder-predictor-00001")
-    await apply(controller, spec(tmp_path, 2, canary=10))
-    scaler.ready("adder-predictor-00002")
+    await canary_at_10(controller, scaler, tmp_path)
     scaler.ready("adder-predictor-00001", False)
     assert traffic(controller) == [("adder-predictor-00001", 0, "prev"), ("adder-predictor-00002", 100, "latest")]
     await settle()

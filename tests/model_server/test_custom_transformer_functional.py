@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from tests.harness import ServiceProcess, free_port
+from tests.model_server.served import Served
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -20,20 +20,6 @@ HEADERS = {"X-Request-Id": "req-7", "traceparent": "00-0af7651916cd43dd8448eb211
 FORWARDED = ["authorization: Bearer t0ken", "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
              "tracestate: vendor=1", "x-request-id: req-7"]
 TIMEOUT = 1.0  # the grpc-v2 transformer's --predictor-timeout
-
-
-class Served:
-    def __init__(self, *args: str) -> None:
-        self.http, self.grpc = free_port(), free_port()
-        self.proc = ServiceProcess("servelane", "model-server", "--http-port", str(self.http),
-                                   "--grpc-port", str(self.grpc), "--log-level", "WARNING", *args).start()
-
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.http}{path}"
-
-    def wait(self) -> Served:
-        self.proc.wait_http(self.url("/v2/health/ready"))
-        return self
 
 
 def relay(predictor: Served, protocol: str, name: str = "echo", *extra: str) -> Served:

@@ -13,7 +13,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import IRIS_REPOSITORY
-from tests.harness import ServiceProcess, free_port
+from tests.model_server.served import Served
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -21,20 +21,6 @@ TRANSFORMER = "examples/iris_transformer.py:IrisTransformer"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.8, 2.8, 4.8, 1.4], [7.7, 3.0, 6.1, 2.3]]
 NAMED = [dict(zip(("sepal_length", "sepal_width", "petal_length", "petal_width"), row)) for row in ROWS]
 SPECIES = ["setosa", "versicolor", "virginica"]
-
-
-class Served:
-    def __init__(self, *args: str) -> None:
-        self.http, self.grpc = free_port(), free_port()
-        self.proc = ServiceProcess("servelane", "model-server", "--http-port", str(self.http),
-                                   "--grpc-port", str(self.grpc), "--log-level", "WARNING", *args).start()
-
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.http}{path}"
-
-    def wait(self) -> Served:
-        self.proc.wait_http(self.url("/v2/health/ready"))
-        return self
 
 
 def predictor_address(predictor: Served, protocol: str) -> str:
