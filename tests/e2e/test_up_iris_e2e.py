@@ -58,6 +58,14 @@ async def test_make_run_stack_end_to_end(servelane_up):
                 timing = response.headers["Server-Timing"]
                 assert "gateway" in timing and "predict" in timing
 
+        # the README's V2 JSON curl, as curl -d sends it (a form content type): the transformer adds "species"
+        v2 = b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[6.8,2.8,4.8,1.4]}]}'
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with http.post("/v2/models/sklearn-iris/infer", data=v2, headers=form) as response:
+            assert response.status == 200, await response.text()
+            outputs = {o["name"]: o["data"] for o in (await response.json())["outputs"]}
+            assert (outputs["label"], outputs["species"]) == ([1], ["versicolor"])
+
         # the predictor alone, by its component host: class indices, not names
         async with http.post(
             "/v1/models/sklearn-iris:predict", json=KSERVE_EXAMPLE, headers={"Host": PREDICTOR_HOST}
