@@ -212,13 +212,15 @@ class Batcher:
             if len(batch) == 1:
                 item = batch[0]
                 result = await self._run_batch(item.request, item.context)
-                released = self._release()
+                released = True
+                self._release()
                 _settle(item, result)
             else:
                 first = batch[0].context
                 context = RequestContext(first.protocol, headers=first.headers)
                 result = await self._run_batch(merge([item.request for item in batch]), context)
-                released = self._release()
+                released = True
+                self._release()
                 for item, part in zip(batch, split(self.name, result, batch, rows)):
                     item.context.response_headers.update(context.response_headers)
                     _settle(item, part)
@@ -234,12 +236,11 @@ class Batcher:
             if not released:
                 self._release()
 
-    def _release(self) -> bool:
+    def _release(self) -> None:
         """Free this batch's slot and start the next due batch. Called as soon as the model returns, before the
         callers are woken: the next batch's first step is then queued on the loop ahead of their responses."""
         self._free += 1
         self._schedule()
-        return True
 
 
 def _settle(item: _Item, result: Any) -> None:
