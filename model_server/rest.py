@@ -18,6 +18,7 @@ from prometheus_client.exposition import choose_encoder
 
 from common.errors import PayloadTooLarge, ServelaneError
 from common.httpserver import HttpServer, Request, Response
+from common.proxy import HOP_BY_HOP
 from model_server import codec_rest, compression
 from model_server.config import ModelServerConfig
 from model_server.dataplane import DataPlane
@@ -232,9 +233,8 @@ class _NoRoute(Exception):
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Framing and connection fields belong to the server; a hook's copy would corrupt the response.
-_SERVER_FIELDS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
-                            "trailer", "proxy-connection"})
+# Framing and hop-by-hop fields belong to the server; a hook's copy would corrupt the response.
+_SERVER_FIELDS = HOP_BY_HOP | {"content-length"}
 _WARNED: set[str] = set()
 
 
