@@ -253,7 +253,8 @@ class Controller:
 
     # -- status and lifecycle ------------------------------------------------------------------------------------
     def status(self) -> dict:
-        """Services, revisions (traffic, tags, replicas) for ``servelane status``."""
+        """Services, revisions (traffic, tags, replicas; which revision is the latest and which the rolled-out one)
+        for ``servelane status``."""
         out = []
         for record in self._services.values():
             spec = record.spec
@@ -277,6 +278,8 @@ class Controller:
                             for x in self.scaler.replicas(r.name)
                         ],
                         "desired": 0 if r.retired else r.replicas,
+                        "latest": r is component.latest,  # KServe's latestCreatedRevision
+                        "rolled_out": r is component.rolled_out,  # KServe's latestRolledoutRevision
                     }
                     for r in component.revisions
                     if not r.retired or self.scaler.replicas(r.name)

@@ -184,7 +184,9 @@ def status(argv: Sequence[str]) -> int:
 def table(report: dict[str, Any]) -> str:
     # AVG-CONCURRENCY: requests in flight averaged over the last second, summed over the revision's replicas (each
     # queue-proxy's Knative stat, what the autoscaler will read); not a count at one instant
-    rows = [("SERVICE", "COMPONENT", "REVISION", "TRAFFIC", "TAG", "READY", "AVG-CONCURRENCY", "RESTARTS")]
+    # ROLLOUT: "latest" (the newest revision), "rolled-out" (the last to take 100 %: a canary's stable side), both,
+    # or "retiring" (no traffic, draining)
+    rows = [("SERVICE", "COMPONENT", "REVISION", "TRAFFIC", "TAG", "ROLLOUT", "READY", "AVG-CONCURRENCY", "RESTARTS")]
     for service in report["services"]:
         name = f"{service['namespace']}/{service['name']}"
         for component, revisions in service["components"].items():
@@ -194,11 +196,17 @@ def table(report: dict[str, Any]) -> str:
                 loads = [x.get("in_flight") for x in replicas if x.get("in_flight") is not None]
                 in_flight = f"{sum(loads):.1f}" if loads else "-"
                 restarts = str(sum(x["restarts"] for x in replicas))
-                rows.append(
-                    (name, component, r["revision"], f"{r['percent']}%", r["tag"] or "-", ready, in_flight, restarts)
-                )
+                traffic, tag = f"{r['percent']}%", r["tag"] or "-"
+                rows.append((name, component, r["revision"], traffic, tag, _rollout(r), ready, in_flight, restarts))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _rollout(revision: dict[str, Any]) -> str:
+    roles = [role for role, key in (("latest", "latest"), ("rolled-out", "rolled_out")) if revision.get(key)]
+    if roles:
+        return ",".join(roles)
+    return "retiring" if revision["desired"] == 0 else "-"
 
 
 def _call(base: str, path: str, body: Any = None) -> tuple[int, Any]:

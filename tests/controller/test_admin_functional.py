@@ -161,7 +161,7 @@ async def test_status_in_flight_is_each_replicas_average_concurrency(admin: Admi
     (revision,) = report["services"][0]["components"]["predictor"]
     assert [r["in_flight"] for r in revision["replicas"]] == [2.5, 2.5]
     assert "AVG-CONCURRENCY" in up.table(report).splitlines()[0]
-    assert up.table(report).splitlines()[1].split()[6] == "5.0"  # summed over the replicas
+    assert up.table(report).splitlines()[1].split()[7] == "5.0"  # summed over the replicas
 
 
 async def test_status_in_flight_is_none_when_a_queue_proxy_does_not_answer(admin_without_stats: Admin, tmp_path):
@@ -169,7 +169,7 @@ async def test_status_in_flight_is_none_when_a_queue_proxy_does_not_answer(admin
     status, report = await admin_without_stats.get("/v1/status")
     (revision,) = report["services"][0]["components"]["predictor"]
     assert status == 200 and [r["in_flight"] for r in revision["replicas"]] == [None]
-    assert up.table(report).splitlines()[1].split()[6] == "-"
+    assert up.table(report).splitlines()[1].split()[7] == "-"
 
 
 # -- the clients ----------------------------------------------------------------------------------------------------

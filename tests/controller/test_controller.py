@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from controller import up
 from controller.controller import Controller
 from controller.spec import SpecError
 from tests.controller.scripted import GATEWAY, ScriptedScaler, spec
@@ -110,6 +111,28 @@ async def test_a_spec_applied_mid_canary_splits_against_the_rolled_out_revision_
     assert ("adder-predictor-00002", 0) in scaler.calls  # the unpromoted canary: 0 %, retired
     assert ("adder-predictor-00001", 0) not in scaler.calls
     assert "adder-predictor-00002" not in controller.state.revisions
+
+
+def rollout(controller: Controller) -> dict[str, tuple[bool, bool, int]]:
+    """Each predictor revision in the status report: (latest, rolled_out, percent)."""
+    (service,) = controller.status()["services"]
+    return {r["revision"]: (r["latest"], r["rolled_out"], r["percent"]) for r in service["components"]["predictor"]}
+
+
+async def test_status_names_the_latest_and_the_rolled_out_revision_through_a_canary(setup, tmp_path):
+    controller, scaler = setup
+    await apply(controller, spec(tmp_path, 1))
+    assert rollout(controller) == {"adder-predictor-00001": (True, False, 100)}  # not ready: not rolled out yet
+    await canary_at_10(controller, scaler, tmp_path)
+    assert rollout(controller) == {"adder-predictor-00001": (False, True, 90), "adder-predictor-00002": (True, False, 10)}
+    rows = [line.split() for line in up.table(controller.status()).splitlines()]
+    assert [row[5] for row in rows] == ["ROLLOUT", "rolled-out", "latest"]
+    await apply(controller, spec(tmp_path, 3, canary=10))
+    scaler.ready("adder-predictor-00003")
+    report = rollout(controller)
+    assert report["adder-predictor-00001"] == (False, True, 90) and report["adder-predictor-00003"] == (True, False, 10)
+    await apply(controller, spec(tmp_path, 3))  # promoted
+    assert rollout(controller)["adder-predictor-00003"] == (True, True, 100)
 
 
 async def test_promoting_a_canary_makes_it_the_rolled_out_revision(setup, tmp_path):
