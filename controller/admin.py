@@ -16,6 +16,7 @@ Errors are mapped once, here, through common.errors (400 for a bad spec or reque
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from controller.controller import Controller
 from controller.spec import load_specs
 
 CONTROLLER = web.AppKey("controller", Controller)
+MAX_WAIT_KEY = web.AppKey("max_wait", float)
 STATS_TIMEOUT = aiohttp.ClientTimeout(total=0.5)
 MAX_WAIT = 300.0
 
@@ -40,9 +42,11 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return error_response(exc.http_status, exc.message)
 
 
-def build_admin(controller: Controller) -> web.Application:
+def build_admin(controller: Controller, *, max_wait: float = MAX_WAIT) -> web.Application:
+    """The admin API over ``controller``; a long poll waits at most ``max_wait`` seconds, whatever it asks."""
     app = web.Application(middlewares=[errors])
     app[CONTROLLER] = controller
+    app[MAX_WAIT_KEY] = max_wait
     app.router.add_get("/v1/routing", routing)
     app.router.add_post("/v1/apply", apply)
     app.router.add_get("/v1/status", status)
@@ -53,7 +57,10 @@ def build_admin(controller: Controller) -> web.Application:
 
 async def routing(request: web.Request) -> web.Response:
     after = _number(request, "after", -1, int)
-    wait = min(_number(request, "wait", 30.0, float), MAX_WAIT)
+    wait = _number(request, "wait", 30.0, float)
+    if math.isnan(wait) or wait < 0:
+        raise InvalidInput(f"query parameter wait must be a number of seconds >= 0, got {request.query['wait']!r}")
+    wait = min(wait, request.app[MAX_WAIT_KEY])
     controller = request.app[CONTROLLER]
     state = controller.state if controller.state.version > after else await controller.wait_state(after, wait)
     if state is None:

@@ -59,12 +59,12 @@ async def stats_server() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def serve_admin(stats: str) -> AsyncIterator[Admin]:
+async def serve_admin(stats: str, **options: Any) -> AsyncIterator[Admin]:
     """The admin API on a free port, over a controller whose replicas report their stats at ``stats``."""
     scaler = ScriptedScaler(stats)
     controller = Controller(scaler, GATEWAY, retire_delay=0)
     scaler.controller = controller
-    runner = await start_http(build_admin(controller), "127.0.0.1", 0, shutdown_timeout=1)
+    runner = await start_http(build_admin(controller, **options), "127.0.0.1", 0, shutdown_timeout=1)
     try:
         async with aiohttp.ClientSession() as http:
             yield Admin(controller, scaler, f"http://127.0.0.1:{bound_port(runner)}", http)
@@ -110,6 +110,22 @@ async def test_routing_long_poll_answers_on_the_next_change(admin: Admin, tmp_pa
     admin.scaler.ready("adder-predictor-00001")
     status, doc = await asyncio.wait_for(waiting, 5)
     assert status == 200 and doc["version"] > version
+
+
+async def test_routing_long_poll_is_capped_whatever_wait_it_asks_for(stats_server: str, tmp_path: Path):
+    async with serve_admin(stats_server, max_wait=0.2) as admin:  # the cap is 300 s when served by up
+        await admin.apply(spec(tmp_path, 1))
+        version = admin.controller.state.version
+        for wait in ("3600", "inf"):
+            status, body = await asyncio.wait_for(admin.get(f"/v1/routing?after={version}&wait={wait}"), 5)
+            assert (status, body) == (304, b"")
+
+
+@pytest.mark.parametrize("wait", ["nan", "-1"])
+async def test_routing_refuses_a_wait_that_is_not_a_duration(admin: Admin, wait: str):
+    status, answer = await admin.get(f"/v1/routing?wait={wait}")
+    assert status == 400
+    assert answer["error"] == f"query parameter wait must be a number of seconds >= 0, got {wait!r}"
 
 
 async def test_routing_refuses_a_query_that_is_not_a_number(admin: Admin):
