@@ -25,8 +25,9 @@ queue-proxy whose ``--port`` is a replica's address in the controller's /v1/stat
 Ratios (issue 5's targets; each computed within a repeat, median over repeats): the queue-proxy's added p50 at c1
 (qp-predictor - predictor, <= 0.15 ms) and the gateway's (gateway-predictor - qp-predictor, <= 0.15 ms), the
 same at c16 for information; the gateway's CPU per request (in gateway-predictor) and the predictor queue-proxy's
-(in qp-predictor) at c1 and c16 (<= 100 us each); the full path's p50 and rps against the predictor alone's, and
-the CPU per request of every process on the full path.
+(in qp-predictor) at c1 and c16 (<= 100 us each), and for information the two side by side in one chain (both in
+gateway-predictor: the queue-proxy's CPU there, and gateway / queue-proxy); the full path's p50 and rps against
+the predictor alone's, and the CPU per request of every process on the full path.
 
 After the load, a few hundred sequential requests through the full path and through gateway-predictor give each
 hop's share from ``Server-Timing`` (each hop appends ``<hop>;dur=<ms>``, the time from receiving the request to
@@ -276,6 +277,19 @@ def ratios(run: dict[str, Measurement]) -> list[Ratio]:
                     f"predictor queue-proxy c{c}: CPU us/req (qp-predictor)",
                     get(f"qp-predictor@c{c}", "pred-qp"),
                     "<= 100",
+                )
+            )
+        if f"gateway-predictor@c{c}" in run:
+            # the two proxy hops side by side in one chain: at c1 every process's CPU per request grows with the
+            # number of processes taking turns on the cores (a wake-up and cold caches per hop and direction), so
+            # the queue-proxy's own number above is from a shorter chain than the gateway's
+            gw_case = f"gateway-predictor@c{c}"
+            out.append(Ratio(f"predictor queue-proxy c{c}: CPU us/req (gateway-predictor)", get(gw_case, "pred-qp")))
+            gateway, queue_proxy = get(gw_case, "gateway"), get(gw_case, "pred-qp")
+            out.append(
+                Ratio(
+                    f"gateway / predictor queue-proxy c{c}: CPU per request, both in gateway-predictor",
+                    None if gateway is None or not queue_proxy else gateway / queue_proxy,
                 )
             )
     for c in CONCURRENCIES:
