@@ -124,7 +124,8 @@ async def test_status_names_the_latest_and_the_rolled_out_revision_through_a_can
     await apply(controller, spec(tmp_path, 1))
     assert rollout(controller) == {"adder-predictor-00001": (True, False, 100)}  # not ready: not rolled out yet
     await canary_at_10(controller, scaler, tmp_path)
-    assert rollout(controller) == {"adder-predictor-00001": (False, True, 90), "adder-predictor-00002": (True, False, 10)}
+    canary = {"adder-predictor-00001": (False, True, 90), "adder-predictor-00002": (True, False, 10)}
+    assert rollout(controller) == canary
     rows = [line.split() for line in up.table(controller.status()).splitlines()]
     assert [row[5] for row in rows] == ["ROLLOUT", "rolled-out", "latest"]
     await apply(controller, spec(tmp_path, 3, canary=10))
