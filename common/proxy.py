@@ -372,7 +372,10 @@ class Relay:
         self._conn = self._answer = None
 
     def _fail(self, error: ServelaneError) -> None:
-        self._reply(Response.error(error.http_status, error.message))
+        """This hop's own error answer: the body every hop gives, with the headers this hop sets on every response
+        (the gateway's ``X-Request-Id``)."""
+        extra = self._reply_headers.items() if self._reply_headers else ()
+        self._reply(Response.error(error.http_status, error.message, extra))
 
     def _reply(self, response: Response) -> None:
         self._disarm()
