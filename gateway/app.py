@@ -11,7 +11,8 @@ The HTTP port, for every request, in this order:
   5. the lease is released and the outcome recorded in the metrics.
 Steps 1-5 run in :meth:`Gateway.fast` for a request with a whole body that routes to a replica (relayed by
 callbacks, :meth:`common.proxy.ProxyClient.relay`), and in :meth:`Gateway.handle` for everything else.
-Errors become responses here and only here (``{"error": ...}``, :meth:`common.httpserver.Response.error`).
+Errors become responses here and only here (``{"error": ...}``, :meth:`common.httpserver.Response.error`, with
+``X-Request-Id``; a 503 with ``Retry-After: 1``).
 On an own-name Host, ``/v2/health/live``, ``/v2/health/ready`` and ``/v2`` are answered by the gateway itself.
 
 The gRPC port does 1-5 per call through :mod:`common.grpc_proxy` and :mod:`gateway.grpc_routes`. The admin port
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 # Never taken from a client: the gateway sets the first two itself; the queue-proxy would make the third the Host.
 _DROPPED = frozenset({b"knative-serving-revision", b"knative-serving-namespace", b"k-original-host"})
 _LOCAL_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/v2"})
+RETRY_AFTER = "1"  # seconds, on the gateway's own 503s
 
 
 class Gateway:
@@ -252,4 +254,7 @@ def _timeouts(total: float) -> Timeouts:
 
 
 def _error(status: int, message: str, reply: dict[str, str]) -> Response:
-    return Response.error(status, message, reply.items())
+    """The gateway's own error answer; a 503 (no routing state yet, no ready replica: a replica starting or being
+    restarted) asks the client to come back in a second."""
+    headers = reply.items() if status != 503 else [*reply.items(), ("Retry-After", RETRY_AFTER)]
+    return Response.error(status, message, headers)

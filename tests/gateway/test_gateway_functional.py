@@ -23,6 +23,9 @@ def url(gateway: Gateway, path: str, port: str = "http") -> str:
     return f"http://127.0.0.1:{gateway.ports[port]}{path}"
 
 
+ID = {"X-Request-Id": "req-7"}
+
+
 async def call(
     client: aiohttp.ClientSession, gateway: Gateway, path: str, host: str | None = None, **headers: str
 ) -> tuple[int, Any, Any]:
@@ -117,6 +120,7 @@ async def test_no_ready_replica_is_503(replicas, start_gateway, client) -> None:
     gateway = await start_gateway(doc)
     status, body, headers = await call(client, gateway, "/", "other.prod.example.com", **{"X-Request-Id": "r9"})
     assert (status, body) == (503, {"error": "no ready replica for revision other-predictor-00001"})
+    assert headers["Retry-After"] == "1"
     assert headers["X-Request-Id"] == "r9"
     assert replicas["other"].requests == 0
 
@@ -125,10 +129,11 @@ async def test_refused_replica_is_502_and_revision_timeout_is_504(replicas, star
     doc = document(replicas, timeout=0.3)
     doc["revisions"]["other-predictor-00001"]["endpoints"] = [endpoint("127.0.0.1:1")]
     gateway = await start_gateway(doc)
-    status, body, _ = await call(client, gateway, "/", "other.prod.example.com")
+    status, body, headers = await call(client, gateway, "/", "other.prod.example.com")
     assert status == 502 and body["error"].startswith("upstream http://127.0.0.1:1 failed")
-    status, body, _ = await call(client, gateway, "/hold", "sklearn-iris.default.example.com")
-    assert (status, body) == (504, {"error": "request timeout"})
+    assert len(headers["X-Request-Id"]) == 36  # made by the gateway, on its own error answers too
+    status, body, headers = await call(client, gateway, "/hold", "sklearn-iris.default.example.com", **ID)
+    assert (status, body, headers["X-Request-Id"]) == (504, {"error": "request timeout"}, ID["X-Request-Id"])
 
 
 async def test_ninety_ten_split_reaches_each_revision_with_its_header(replicas, start_gateway, client) -> None:
