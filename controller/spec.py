@@ -230,6 +230,11 @@ class _Context:
     base_dir: Path
     autoscaling: Mapping[str, str]  # the service's autoscaling.knative.dev/* annotations, by Knative's key
     warnings: list[str]  # filled as the fields are read
+    spelled: Mapping[str, str]  # Knative's key -> the key as the user wrote it, for messages
+
+    def annotation_at(self, key: str) -> str:
+        """The field path of the autoscaling annotation ``key`` (Knative's spelling), as the user wrote it."""
+        return f'metadata.annotations["{self.spelled.get(key, key)}"]'
 
 
 def _service(doc: Any, base_dir: Path, source: str | None) -> InferenceServiceSpec:
@@ -249,7 +254,9 @@ def _service(doc: Any, base_dir: Path, source: str | None) -> InferenceServiceSp
             raise SpecError(f'metadata.labels["{key}"]: not supported (servelane sets no KServe or Knative labels)')
     annotations = _strings(metadata.get("annotations"), "metadata.annotations")
     warnings: list[str] = []
-    context = _Context(name, Path(base_dir), _annotations(annotations, warnings), warnings)
+    autoscaling = _annotations(annotations, warnings)  # checked first: every autoscaling key has a canonical one
+    spelled = {knative.canonical_key(k): k for k in annotations if k.startswith(knative.PREFIX)}
+    context = _Context(name, Path(base_dir), autoscaling, warnings, MappingProxyType(spelled))
     spec = _mapping(_required(doc, "spec", ""), "spec")
     _only(spec, "spec", COMPONENTS)
     if spec.get("predictor") is None:
@@ -564,8 +571,12 @@ def _scaling(doc: Mapping[str, Any], where: str, context: _Context) -> dict[str,
         context.warnings.append(f"{where}.minReplicas: {UNTIL_SCALE_TO_ZERO}")
     context.warnings.extend(f"{where}.{key}: {UNTIL_AUTOSCALER}" for key in AUTOSCALER_FIELDS if key in doc)
     max_replicas = _int(doc.get("maxReplicas", int(annotation("max-scale") or 0)), f"{where}.maxReplicas", 0)
-    if max_replicas and max_replicas < min_replicas:
-        raise SpecError(f"{where}.maxReplicas: {max_replicas} is below minReplicas {min_replicas}")
+    if max_replicas and max_replicas < min_replicas:  # named where each came from: a field or an annotation
+        high_at, low_at = (
+            f"{where}.{name}" if name in doc else context.annotation_at(knative.PREFIX + key)
+            for name, key in (("maxReplicas", "max-scale"), ("minReplicas", "min-scale"))
+        )
+        raise SpecError(f"{high_at}: {max_replicas} is below {low_at} {min_replicas}")
     target, target_annotation = doc.get("scaleTarget"), annotation("target")
     if target is None and target_annotation is not None and float(target_annotation).is_integer():
         target = int(float(target_annotation))  # a fractional Knative target stays in `autoscaling` only

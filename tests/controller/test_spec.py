@@ -218,6 +218,31 @@ def test_component_fields(tmp_path: Path, doc: dict[str, Any]):
     assert (transformer.min_replicas, transformer.canary_traffic_percent, transformer.timeout) == (1, None, 300.0)
 
 
+MAX_BELOW_MIN = [  # the message names where each number came from: the field, or the annotation as written
+    ({"maxReplicas": 1, "minReplicas": 2}, {}, "spec.predictor.maxReplicas: 1 is below spec.predictor.minReplicas 2"),
+    (
+        {"minReplicas": 2},
+        {A + "max-scale": "1"},
+        f'metadata.annotations["{A}max-scale"]: 1 is below spec.predictor.minReplicas 2',
+    ),
+    (
+        {"maxReplicas": 1},
+        {A + "minScale": "3"},
+        f'spec.predictor.maxReplicas: 1 is below metadata.annotations["{A}minScale"] 3',
+    ),
+]
+
+
+@pytest.mark.parametrize("fields, annotations, message", MAX_BELOW_MIN, ids=["fields", "max-scale", "minScale"])
+def test_max_replicas_below_min_names_where_each_came_from(
+    tmp_path: Path, doc: dict[str, Any], fields: dict[str, int], annotations: dict[str, str], message: str
+):
+    doc = changed(doc, "metadata.annotations", annotations)
+    with pytest.raises(SpecError) as caught:
+        parse(changed(doc, "spec.predictor", {**doc["spec"]["predictor"], **fields}), tmp_path)
+    assert caught.value.message == message
+
+
 def test_kserves_batcher_defaults(tmp_path: Path, doc: dict[str, Any]):
     spec = parse(changed(doc, "spec.predictor.batcher", {}), tmp_path)
     assert spec.components["predictor"].server_args[-4:] == ("--batch-max-rows", "32", "--batch-max-delay-us", "500000")
