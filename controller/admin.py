@@ -5,7 +5,8 @@
                                       pass first; the gateway's ``--controller`` source long-polls this
     POST /v1/apply                    {"documents": [{"text": YAML, "base_dir": DIR, "source": FILE}]}: parsed as
                                       InferenceServices and applied; 200 {"applied": [{"service", "namespace",
-                                      "created", "warnings"}]} or 400 naming the field
+                                      "created", "warnings"}]} or 400 naming the field (a service defined
+                                      twice, in one document or across them, included), nothing applied
     GET  /v1/status                   services, revisions, traffic and replicas, each replica's in-flight requests
                                       (its queue-proxy's average concurrency over the last second)
     GET  /healthz                     200 while the controller runs; /readyz 200 once every route has a ready replica
@@ -26,7 +27,7 @@ from aiohttp import web
 from common.errors import InvalidInput, ServelaneError
 from common.http import error_response, json_response
 from controller.controller import Controller
-from controller.spec import load_specs
+from controller.spec import check_unique, load_specs
 
 CONTROLLER = web.AppKey("controller", Controller)
 MAX_WAIT_KEY = web.AppKey("max_wait", float)
@@ -79,6 +80,7 @@ async def apply(request: web.Request) -> web.Response:
         ]
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidInput(f'expected {{"documents": [{{"text", "base_dir", "source"}}]}}: {exc!r}') from None
+    check_unique(specs)  # across the documents too, as `up` checks across its files; before anything changes
     applied = await request.app[CONTROLLER].apply(specs)
     return json_response(
         {

@@ -164,7 +164,7 @@ def load_paths(paths: Iterable[Path]) -> list[InferenceServiceSpec]:
             except (OSError, UnicodeDecodeError) as exc:
                 raise SpecError(f"{file}: cannot read: {exc}") from None
             specs.extend(load_specs(text, base_dir=file.parent, source=str(file)))
-    _check_unique(specs)
+    check_unique(specs)
     return specs
 
 
@@ -183,7 +183,7 @@ def load_specs(text: str, *, base_dir: Path, source: str | None = None) -> list[
         except SpecError as exc:
             where = ", ".join(filter(None, [source, f"document {number}" if len(docs) > 1 else None]))
             raise SpecError(f"{exc.message} (in {where})" if where else exc.message) from None
-    _check_unique(specs)
+    check_unique(specs)
     return specs
 
 
@@ -198,7 +198,8 @@ def yaml_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _check_unique(specs: list[InferenceServiceSpec]) -> None:
+def check_unique(specs: list[InferenceServiceSpec]) -> None:
+    """Refuses a service (namespace and name) defined twice: ``up`` and ``apply`` would silently run the last."""
     seen: dict[tuple[str, str], InferenceServiceSpec] = {}
     for spec in specs:
         first = seen.setdefault((spec.namespace, spec.name), spec)

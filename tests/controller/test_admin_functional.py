@@ -17,7 +17,7 @@ from common.lifecycle import bound_port, free_port, start_http
 from controller import up
 from controller.admin import build_admin
 from controller.controller import Controller
-from controller.spec import InferenceServiceSpec
+from controller.spec import InferenceServiceSpec, SpecError, load_paths
 from tests.controller.scripted import GATEWAY, ScriptedScaler, spec, spec_text
 
 WARNING = "spec.predictor.maxReplicas: recorded; the local backend runs max(minReplicas, 1) replicas until the "
@@ -168,6 +168,25 @@ async def test_apply_refuses_a_bad_spec_with_400_naming_the_field_and_changes_no
     assert answer["error"].startswith("spec.predictor.model.modelFormat.name: 'sklearn' is not served")
     assert answer["error"].endswith("(in bad.yaml)")
     assert admin.controller.state.services == () and admin.scaler.calls == []
+
+
+async def test_apply_refuses_a_service_defined_in_two_documents_as_up_does_and_changes_nothing(
+    admin: Admin, tmp_path: Path
+):
+    documents = [
+        {"text": spec_text(tmp_path, offset), "base_dir": str(tmp_path), "source": source}
+        for offset, source in ((1, "a.yaml"), (2, "b.yaml"))
+    ]
+    status, answer = await admin.post("/v1/apply", json={"documents": documents})
+    assert (status, answer) == (400, {"error": "metadata.name: default/adder is defined twice (in a.yaml and b.yaml)"})
+    for offset, source in ((1, "a.yaml"), (2, "b.yaml")):
+        (tmp_path / source).write_text(spec_text(tmp_path, offset))
+    with pytest.raises(SpecError) as refused_by_up:  # the same input, the same words
+        load_paths([tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    assert refused_by_up.value.message.replace(str(tmp_path) + "/", "") == answer["error"]
+    assert admin.controller.state.services == () and admin.scaler.calls == []
+    status, answer = await admin.post("/v1/apply", json={"documents": documents[1:]})
+    assert status == 200 and answer["applied"][0]["created"] == ["adder-predictor-00001"]  # no revision was burned
 
 
 async def test_status_in_flight_is_each_replicas_average_concurrency(admin: Admin, tmp_path: Path):
