@@ -1,7 +1,8 @@
 """The processes of ``servelane up``, started and stopped in order: controller (in this process) and its admin API,
 the gateway (a child process), and the replicas (children of the scaler).
 
-Start: admin API, then the gateway pointed at it (``--controller``), then the caller applies specs.
+Start: admin API, then the gateway pointed at it (``--controller``, its Prometheus port from ``--metrics-port``),
+then the caller applies specs.
 Stop: the gateway gets SIGTERM first and finishes what it has, then every replica drains (queue-proxy first),
 then the admin API closes. A gateway that dies on its own is restarted on the same ports.
 """
@@ -32,9 +33,20 @@ GATEWAY_STOP_TIMEOUT = 30.0
 
 class Stack:
     def __init__(
-        self, *, host: str, port: int, grpc_port: int, admin_port: int, domain: str, log_dir: Path | None
+        self,
+        *,
+        host: str,
+        port: int,
+        grpc_port: int,
+        admin_port: int,
+        domain: str,
+        log_dir: Path | None,
+        metrics_port: int,
     ) -> None:
         self.host, self.port, self.grpc_port, self.domain = host, port, grpc_port, domain
+        # the gateway's Prometheus port, chosen here when asked for any (0) as its admin port is: a gateway that is
+        # restarted comes back on it, so the URL `up` prints stays the one to scrape
+        self.metrics_port = metrics_port or free_port()
         self.admin_port = admin_port
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="servelane-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +61,10 @@ class Stack:
         self._stopping = False
 
     def __repr__(self) -> str:
-        return f"<Stack gateway={self.gateway_address} admin={self.admin_port} {self.controller!r}>"
+        return (
+            f"<Stack gateway={self.gateway_address} metrics={self.metrics_port} admin={self.admin_port} "
+            f"{self.controller!r}>"
+        )
 
     def _changed(self) -> None:
         self.controller.changed()
@@ -74,7 +89,7 @@ class Stack:
             "--admin-port",
             str(self.gateway_admin),
             "--metrics-port",
-            "0",
+            str(self.metrics_port),
             "--domain",
             self.domain,
             "--controller",

@@ -5,10 +5,12 @@
     parse every spec                    a bad one stops here with the field named, before anything starts; a
                                         field recorded without a local effect is one warning line on stderr
     controller admin API                127.0.0.1:--admin-port (default 8090; what apply and status talk to)
-    gateway                             a child process on --port / --grpc-port, fed by the controller's long-poll
+    gateway                             a child process on --port / --grpc-port / --metrics-port, fed by the
+                                        controller's long-poll
     apply                               revisions created, replicas (model server + queue-proxy) started
     progress                            one line per revision as its replicas turn ready
-    URLs and a curl command             the service hosts, and a curl through the gateway that works
+    URLs and a curl command             the service hosts, a curl through the gateway that works, and the
+                                        gateway's Prometheus /metrics URL (--metrics-port, default 9092)
     wait for Ctrl-C or SIGTERM          then: gateway stopped (it finishes what it has), every replica drained and
                                         stopped, the admin API closed; no process is left behind
 
@@ -44,6 +46,7 @@ def up_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address the gateway listens on")
     p.add_argument("--port", type=int, default=8080, help="gateway HTTP port")
     p.add_argument("--grpc-port", type=int, default=8081, help="gateway gRPC port (-1: none)")
+    p.add_argument("--metrics-port", type=int, default=9092, help="gateway Prometheus /metrics port (0: any free port)")
     p.add_argument("--admin-port", type=int, default=8090, help="controller admin API port (apply, status)")
     p.add_argument("--domain", default="example.com")
     p.add_argument("--log-dir", type=Path, help="where every process writes its log (default: a temporary folder)")
@@ -56,6 +59,8 @@ def up(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536 or not (args.grpc_port == -1 or 0 < args.grpc_port < 65536):
         parser.error("--port and --grpc-port must be real ports (the transformers are told them); --grpc-port -1: none")
+    if not 0 <= args.metrics_port < 65536:
+        parser.error("--metrics-port must be a port number (0: any free port)")
     try:
         specs = load_paths(args.paths)
     except SpecError as exc:
@@ -81,6 +86,7 @@ async def _up(
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
         admin_port=args.admin_port,
         domain=args.domain,
         log_dir=args.log_dir,
@@ -93,7 +99,7 @@ async def _up(
             failed.append(str(exc))
             return
         say(f"controller admin API on http://127.0.0.1:{stack.admin_port}; logs in {stack.log_dir}")
-        say(f"gateway on http://{args.host}:{args.port} (gRPC {args.host}:{args.grpc_port})")
+        say(gateway_line(args.host, args.port, args.grpc_port))
         for applied in await stack.controller.apply(specs):
             say(f"{applied.namespace}/{applied.service}: revisions {', '.join(applied.created) or '(unchanged)'}")
 
@@ -105,6 +111,7 @@ async def _up(
         say(f"ready in {time.monotonic() - started:.1f} s")
         for spec in specs:
             say(urls(spec, args.host, args.port, args.domain))
+        say(f"gateway metrics (Prometheus): http://{reachable(args.host)}:{stack.metrics_port}/metrics")
         await stop.wait()
         say("stopping: gateway first, then every replica drains")
     finally:
@@ -112,9 +119,19 @@ async def _up(
         say("stopped")
 
 
+def gateway_line(host: str, port: int, grpc_port: int) -> str:
+    grpc = "gRPC off" if grpc_port < 0 else f"gRPC {host}:{grpc_port}"
+    return f"gateway on http://{host}:{port} ({grpc})"
+
+
+def reachable(host: str) -> str:
+    """An address a local client can use for a server listening on ``host`` (every address: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
 def urls(spec: InferenceServiceSpec, host: str, port: int, domain: str) -> str:
     hostname = f"{spec.name}.{spec.namespace}.{domain}"
-    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    base = f"http://{reachable(host)}:{port}"
     example = spec.annotations.get(EXAMPLE_ANNOTATION)
     if example:
         curl = (

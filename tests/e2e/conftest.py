@@ -20,6 +20,7 @@ class Up:
     port: int
     grpc_port: int
     admin_port: int
+    metrics_port: int
 
     @property
     def base(self) -> str:
@@ -63,11 +64,13 @@ def servelane_up(tmp_path: Path) -> Iterator:
     started: list[Up] = []
 
     def start(*paths: Path | str, ready_timeout: float = 90.0) -> Up:
-        port, grpc_port, admin_port = free_port(), free_port(), free_port()
+        port, grpc_port, admin_port, metrics_port = free_port(), free_port(), free_port(), free_port()
         process = ServiceProcess.servelane_up(
             *paths, port=port, grpc_port=grpc_port, admin_port=admin_port, log_dir=tmp_path / f"logs-{len(started)}"
-        ).start()
-        up = Up(process, port, grpc_port, admin_port)
+        )
+        process.argv += ["--metrics-port", str(metrics_port)]  # not the default 9092: e2e runs may overlap
+        process.start()
+        up = Up(process, port, grpc_port, admin_port, metrics_port)
         started.append(up)
         process.wait_output("servelane: ready in", ready_timeout)
         return up

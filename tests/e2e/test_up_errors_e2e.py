@@ -37,7 +37,9 @@ def test_a_taken_gateway_port_is_an_error_and_leaves_nothing(tmp_path: Path):
         port = taken.getsockname()[1]
         up = ServiceProcess.servelane_up(
             ROOT / "examples", port=port, grpc_port=free_port(), admin_port=free_port(), log_dir=tmp_path
-        ).start()
+        )
+        up.argv += ["--metrics-port", str(free_port())]  # not the default 9092: e2e runs may overlap
+        up.start()
         try:
             assert up.wait(60) == 1
         finally:

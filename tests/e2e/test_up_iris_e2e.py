@@ -34,6 +34,7 @@ IRIS = np.array(KSERVE_EXAMPLE["instances"], dtype=np.float32)
 PREDICTOR_OUTPUTS = [("label", "INT64", [2]), ("probabilities", "FP32", [2, 3])]
 TRANSFORMER_OUTPUTS = [*PREDICTOR_OUTPUTS, ("species", "BYTES", [2])]
 CURL_LINE = re.compile(r"^\s+(?:try|or):\s+(curl .*)$", re.MULTILINE)
+METRICS_LINE = re.compile(r"^servelane: gateway metrics \(Prometheus\): (http://\S+)$", re.MULTILINE)
 
 
 async def test_make_run_stack_end_to_end(servelane_up):
@@ -43,6 +44,10 @@ async def test_make_run_stack_end_to_end(servelane_up):
     assert len(curls) == 2 and "Host: sklearn-iris.default.example.com" in curls[1], output
     for curl in curls:
         await _run_printed_curl(curl)
+    metrics = up.process.wait_output("servelane: gateway metrics", 10)
+    (metrics_url,) = METRICS_LINE.findall(metrics)
+    assert metrics_url == f"http://127.0.0.1:{up.metrics_port}/metrics", metrics
+    await _scrape(metrics_url)
 
     async with aiohttp.ClientSession(up.base) as http:
         # the README's curl (named features) and KServe's own, with and without its Host header
@@ -99,6 +104,7 @@ async def test_make_run_stack_end_to_end(servelane_up):
         assert text in table
 
     await _gateway_that_dies_is_restarted(up)
+    await _scrape(metrics_url)  # the restarted gateway serves its metrics where `up` said
 
     code, still_alive = up.stop()
     assert code == 0, up.process.output()
@@ -164,6 +170,13 @@ async def _run_printed_curl(curl: list[str]) -> None:
     process = await asyncio.create_subprocess_exec(*curl, stdout=asyncio.subprocess.PIPE, env=env)
     stdout, _ = await asyncio.wait_for(process.communicate(), 30)
     assert (process.returncode, json.loads(stdout)) == (0, expected), curl
+
+
+async def _scrape(url: str) -> None:
+    """The printed metrics URL answers Prometheus text with the gateway's own series."""
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200, url
+        assert "gateway_routing_state_version" in await response.text()
 
 
 async def _gateway_that_dies_is_restarted(up) -> None:
