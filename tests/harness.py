@@ -44,12 +44,13 @@ class ServiceProcess:
 
     @classmethod
     def servelane_up(
-        cls, *paths: Path | str, port: int, grpc_port: int, admin_port: int, log_dir: Path
+        cls, *paths: Path | str, port: int, grpc_port: int, admin_port: int, log_dir: Path, metrics_port: int = 0
     ) -> ServiceProcess:
-        """``servelane up PATHS`` on the given ports (tests and the stack benchmark)."""
+        """``servelane up PATHS`` on the given ports (tests and the stack benchmark); the gateway's metrics on
+        ``metrics_port``, by default a free port the stack picks (never up's fixed 9092: runs may overlap)."""
         return cls(
             "servelane", "up", *map(str, paths), "--port", str(port), "--grpc-port", str(grpc_port),
-            "--admin-port", str(admin_port), "--log-dir", str(log_dir),
+            "--admin-port", str(admin_port), "--metrics-port", str(metrics_port), "--log-dir", str(log_dir),
         )  # fmt: skip
 
     def __repr__(self) -> str:

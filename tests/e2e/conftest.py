@@ -66,9 +66,9 @@ def servelane_up(tmp_path: Path) -> Iterator:
     def start(*paths: Path | str, ready_timeout: float = 90.0) -> Up:
         port, grpc_port, admin_port, metrics_port = free_port(), free_port(), free_port(), free_port()
         process = ServiceProcess.servelane_up(
-            *paths, port=port, grpc_port=grpc_port, admin_port=admin_port, log_dir=tmp_path / f"logs-{len(started)}"
-        )
-        process.argv += ["--metrics-port", str(metrics_port)]  # not the default 9092: e2e runs may overlap
+            *paths, port=port, grpc_port=grpc_port, admin_port=admin_port, metrics_port=metrics_port,
+            log_dir=tmp_path / f"logs-{len(started)}",
+        )  # fmt: skip
         process.start()
         up = Up(process, port, grpc_port, admin_port, metrics_port)
         started.append(up)

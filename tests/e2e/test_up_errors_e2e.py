@@ -38,7 +38,6 @@ def test_a_taken_gateway_port_is_an_error_and_leaves_nothing(tmp_path: Path):
         up = ServiceProcess.servelane_up(
             ROOT / "examples", port=port, grpc_port=free_port(), admin_port=free_port(), log_dir=tmp_path
         )
-        up.argv += ["--metrics-port", str(free_port())]  # not the default 9092: e2e runs may overlap
         up.start()
         try:
             assert up.wait(60) == 1
