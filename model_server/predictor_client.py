@@ -6,8 +6,9 @@
 
 The connection pool or channel is made once in ``start()`` (on the event loop) and closed in ``close()`` at
 shutdown.
-Each call has a timeout and carries the request's ``x-request-id``, ``traceparent``, ``tracestate`` and
-``authorization`` headers. Errors, translated here and nowhere else:
+Each call has a timeout and carries on the request's ``x-request-id``, ``authorization`` and trace context headers:
+W3C ``traceparent``, ``tracestate`` and ``baggage``, and B3 in both forms (``x-b3-*`` and the single ``b3``), as
+Knative and KServe propagate them. Errors, translated here and nowhere else:
 
     the predictor answered with an error    PredictorError: the predictor's status (HTTP and gRPC, one mapped from
                                             the other) and its message, so the client sees what the predictor said
@@ -33,17 +34,31 @@ from model_server.grpc_gen import inference_pb2_grpc as pb_grpc
 from model_server.types import InferRequest, InferResponse, ModelMetadata
 
 PROTOCOLS = ("v1", "v2", "grpc-v2")
-FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate", "authorization")
+# lower-case: they are also gRPC metadata keys
+TRACE_HEADERS = (
+    "traceparent", "tracestate", "baggage",  # W3C trace context and baggage
+    "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",  # B3, single and multi
+)  # fmt: skip
+FORWARDED_HEADERS = ("x-request-id", "authorization", *TRACE_HEADERS)
+LIST_HEADERS = ("tracestate", "baggage")  # comma-separated lists: repeated fields are joined, not one kept (RFC 9110)
 PROBE_TIMEOUT = 5.0  # seconds a readiness check of the predictor may take, at most
 ROUTE_HEADER = "x-servelane-host"  # gRPC: the host a servelane gateway routes by (gateway.grpc_routes.HOST_HEADER)
+
 
 class PredictorError(UpstreamStatus):
     """The predictor's own error, passed on with its status and message."""
 
 
 def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
-    """The request headers a predictor call carries on (names lower-cased)."""
-    return {key.lower(): value for key, value in headers.items() if key.lower() in FORWARDED_HEADERS}
+    """The request headers a predictor call carries on (names lower-cased). A REST request's headers are a
+    multi-dict: a list header sent as several fields arrives as one; of any other, the last field counts."""
+    kept: dict[str, str] = {}
+    for key, value in headers.items():
+        name = key.lower()
+        if name not in FORWARDED_HEADERS:
+            continue
+        kept[name] = f"{kept[name]}, {value}" if name in LIST_HEADERS and name in kept else value
+    return kept
 
 
 class PredictorClient:

@@ -130,4 +130,4 @@ def _explanation(payload: Any, context: RequestContext) -> dict[str, Any]:
             "thread": threading.current_thread().name, "tenant": context.headers.get("x-tenant", "")}
 
 
-_SHOWN = ("x-", "trace", "authorization", "cookie")
+_SHOWN = ("x-", "trace", "authorization", "cookie", "b3", "baggage")

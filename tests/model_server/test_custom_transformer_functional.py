@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from tests.model_server.served import Served
 
@@ -61,6 +62,26 @@ async def test_only_the_tracing_and_auth_headers_reach_the_real_predictor(server
                 assert r.status == 200, body
             seen = body["outputs"][0]["data"]
     assert seen == FORWARDED  # and not cookie, nor x-custom
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2", "grpc-v2"])
+async def test_b3_and_baggage_reach_the_real_predictor_and_repeated_baggage_fields_are_joined(servers, protocol):
+    """Through a real transformer process: B3 (both forms) and W3C baggage, sent as two fields, as a proxy or a
+    mesh may (both spelt alike: aiohttp's client keeps only the last of names that differ in case)."""
+    headers = CIMultiDict([("X-B3-TraceId", "463ac35c9f6413ad"), ("X-B3-SpanId", "a2fb4a1d1a96d312"),
+                           ("X-B3-ParentSpanId", "0020000000000001"), ("X-B3-Sampled", "1"), ("X-B3-Flags", "1"),
+                           ("b3", "463ac35c9f6413ad-a2fb4a1d1a96d312-1"), ("baggage", "userId=alice"),
+                           ("baggage", "isProduction=false")])
+    path, body = ("/v1/models/echo:predict", {"instances": [1]}) if protocol == "v1" else (
+        "/v2/models/echo/infer", v2_body())
+    async with aiohttp.ClientSession(servers[protocol].url()) as http:
+        async with http.post(path, json=body, headers=headers) as r:
+            answer = await r.json()
+            assert r.status == 200, answer
+    seen = answer["predictions"] if protocol == "v1" else answer["outputs"][0]["data"]
+    assert seen == ["b3: 463ac35c9f6413ad-a2fb4a1d1a96d312-1", "baggage: userId=alice, isProduction=false",
+                    "x-b3-flags: 1", "x-b3-parentspanid: 0020000000000001", "x-b3-sampled: 1",
+                    "x-b3-spanid: a2fb4a1d1a96d312", "x-b3-traceid: 463ac35c9f6413ad"]
 
 
 async def test_the_v1_predictors_errors_come_back_with_its_status_and_message(servers):

@@ -11,19 +11,27 @@ import grpc
 import numpy as np
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from common.errors import InferenceError, UpstreamError, UpstreamTimeout
 from common.lifecycle import bound_port, start_http
 from model_server import codec_grpc, codec_rest
-from model_server.predictor_client import PredictorClient, PredictorError, RestPredictor, build_predictor
+from model_server.predictor_client import PredictorClient, PredictorError, RestPredictor, build_predictor, forwarded
 from model_server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from tests.harness import free_port
 from tests.models import build_add, build_identity_multi
 
+B3 = {"X-B3-TraceId": "463ac35c9f6413ad48485a3953bb6124", "X-B3-SpanId": "a2fb4a1d1a96d312",
+      "X-B3-ParentSpanId": "0020000000000001", "X-B3-Sampled": "1", "X-B3-Flags": "1",
+      "B3": "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1-0020000000000001"}
 HEADERS = {"X-Request-Id": "req-7", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-           "tracestate": "vendor=1", "Authorization": "Bearer t0ken", "Cookie": "secret=1", "X-Other": "no"}
-FORWARDED = ["authorization: Bearer t0ken", "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-             "tracestate: vendor=1", "x-request-id: req-7"]
+           "tracestate": "vendor=1", "Authorization": "Bearer t0ken", "Cookie": "secret=1", "X-Other": "no",
+           "Baggage": "userId=alice,isProduction=false", **B3}
+FORWARDED = ["authorization: Bearer t0ken", "b3: 463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1-0020000000000001",
+             "baggage: userId=alice,isProduction=false",
+             "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate: vendor=1",
+             "x-b3-flags: 1", "x-b3-parentspanid: 0020000000000001", "x-b3-sampled: 1", "x-b3-spanid: a2fb4a1d1a96d312",
+             "x-b3-traceid: 463ac35c9f6413ad48485a3953bb6124", "x-request-id: req-7"]
 
 
 @pytest.fixture
@@ -90,7 +98,7 @@ async def test_concurrent_and_large_v2_calls_share_the_pool_and_each_gets_its_ow
 
 
 @pytest.mark.parametrize("protocol", ["v2", "grpc-v2"])
-async def test_only_the_tracing_and_auth_headers_are_forwarded(predictor_server, connect, protocol):
+async def test_only_the_tracing_b3_baggage_and_auth_headers_are_forwarded(predictor_server, connect, protocol):
     port = predictor_server.http_port if protocol == "v2" else predictor_server.grpc_port
     client = await connect(f"127.0.0.1:{port}", protocol)
     x = np.array([1.0], dtype=np.float32)
@@ -290,7 +298,14 @@ async def test_no_answer_within_the_timeout_is_504_and_no_connection_502(scripte
     assert raised.value.http_status == 502
 
 
-# -- the client-side codecs, without sockets -----------------------------------------------------------------------
+# -- without sockets -----------------------------------------------------------------------------------------------
+def test_repeated_list_headers_are_joined_and_others_keep_their_last_field():
+    """A REST request's headers are a multi-dict: W3C lets baggage and tracestate arrive as several fields."""
+    headers = CIMultiDict([("Baggage", "a=1"), ("tracestate", "x=1"), ("baggage", "b=2"), ("Tracestate", "y=2"),
+                           ("X-Request-Id", "first"), ("x-request-id", "second"), ("Cookie", "no")])
+    assert forwarded(headers) == {"baggage": "a=1, b=2", "tracestate": "x=1, y=2", "x-request-id": "second"}
+
+
 def test_rest_client_codec_is_the_inverse_of_the_server_codec():
     request = multi_request(["s_out"], text=b"\xff\x00 not utf-8")
     body, headers = codec_rest.encode_request(request)
