@@ -82,6 +82,8 @@ class Stack:
             "gateway",
             "--host",
             self.host,
+            "--admin-host",  # its /routing lists every replica's address: loopback only, as the controller's API
+            "127.0.0.1",
             "--port",
             str(self.port),
             "--grpc-port",

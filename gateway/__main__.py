@@ -34,6 +34,7 @@ def parse_args(argv: list[str], env: Mapping[str, str] = os.environ) -> GatewayC
     source.add_argument("--routes", type=Path, default=d["routes"], help="routing-state file (YAML or JSON)")
     source.add_argument("--controller", default=d["controller"], help="controller base URL to long-poll")
     p.add_argument("--host", default=d["host"], help="address to listen on (0.0.0.0: every address)")
+    p.add_argument("--admin-host", default=d["admin_host"], help="the admin port's address (default: --host)")
     for name in ("port", "grpc_port", "admin_port", "metrics_port"):
         extra = "; -1: no gRPC" if name == "grpc_port" else ""
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=d[name], help=f"0: any free port{extra}")

@@ -105,8 +105,11 @@ class Gateway:
         c = self.config
         self.running = True
         await self.client.start()
-        for name, port in (("http", c.port), ("admin", c.admin_port), ("metrics", c.metrics_port)):
-            self.ports[name] = await self.servers[name].start(c.host, port)
+        admin_host = c.host if c.admin_host is None else c.admin_host
+        for name, host, port in (
+            ("http", c.host, c.port), ("admin", admin_host, c.admin_port), ("metrics", c.host, c.metrics_port)
+        ):  # fmt: skip
+            self.ports[name] = await self.servers[name].start(host, port)
         if c.grpc_port >= 0:
             self.ports["grpc"] = await self._start_grpc()
 

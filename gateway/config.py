@@ -14,6 +14,7 @@ class GatewayConfig:
     routes: Path | None = None  # a routing-state file (YAML or JSON), re-read when it changes or on SIGHUP
     controller: str | None = None  # or the controller's base URL, long-polled at /v1/routing
     host: str = "127.0.0.1"
+    admin_host: str | None = None  # where the admin port listens (its /routing lists every replica); None: host
     port: int = 8080  # HTTP; 0 picks a free port (every port here)
     grpc_port: int = 8081  # -1: no gRPC port
     admin_port: int = 8082  # /healthz, /readyz, /routing

@@ -61,6 +61,7 @@ async def test_up_starts_the_gateway_on_the_metrics_port_and_prints_its_url(
 ):
     lines, made = await run_up(tmp_path, monkeypatch, capsys, *flags)
     assert gateway_flag(made, "--metrics-port") == str(port)
+    assert gateway_flag(made, "--admin-host") == "127.0.0.1"  # its /routing lists replicas: loopback, whatever --host
     ready = lines.index(next(line for line in lines if line.startswith("servelane: ready in")))
     assert f"servelane: gateway metrics (Prometheus): http://{host}:{port}/metrics" in lines[ready:]
 

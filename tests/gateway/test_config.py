@@ -17,6 +17,8 @@ def test_flags() -> None:
     assert (config.port, config.grpc_port, config.admin_port, config.metrics_port) == (0, 9001, 8082, 9092)
     assert config.domain == "serve.local" and config.names == ("gw.internal", "gw")
     assert parse_args(["--routes", "r.yaml", "--grpc-port", "-1"]).grpc_port == -1  # no gRPC port
+    assert config.admin_host is None  # the admin port listens on --host
+    assert parse_args(["--routes", "r.yaml", "--admin-host", "127.0.0.1"]).admin_host == "127.0.0.1"
 
 
 def test_environment_and_flags_win() -> None:

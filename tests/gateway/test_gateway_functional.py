@@ -211,6 +211,19 @@ async def test_admin_and_local_answers(replicas, start_gateway, client) -> None:
         assert (await response.json())["backend"] == "other"  # a service's host: its own health endpoint
 
 
+async def test_the_admin_port_listens_on_its_own_address(replicas, start_gateway, client) -> None:
+    # the serving ports on 127.0.0.2, the admin port (its /routing lists every replica) on 127.0.0.1 only
+    gateway = await start_gateway(document(replicas), host="127.0.0.2", admin_host="127.0.0.1")
+    async with client.get(url(gateway, "/healthz", "admin")) as response:
+        assert response.status == 200
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await client.get(f"http://127.0.0.2:{gateway.ports['admin']}/healthz")
+    async with client.get(f"http://127.0.0.2:{gateway.ports['http']}/v2/health/live") as response:
+        assert response.status == 200
+    async with client.get(f"http://127.0.0.2:{gateway.ports['metrics']}/metrics") as response:
+        assert response.status == 200
+
+
 async def test_metrics_by_revision_and_class_and_gone_revisions_removed(replicas, start_gateway, client) -> None:
     gateway = await start_gateway(document(replicas))
     await call(client, gateway, "/", "other.prod.example.com")
