@@ -31,6 +31,9 @@ The document, as JSON (or YAML)::
       }
     }
 
+Every key is one of those above: a misspelt one (``redy: false``) is refused, naming its path, rather than left to
+fall back to the default it was meant to override.
+
 Endpoints are replica queue-proxies (``host:port``). They only ever come from this document, never from a request.
 A revision with no ready endpoint is where the activator will come in (a later issue); until then the gateway
 answers 503 for it.
@@ -45,6 +48,12 @@ from typing import Any
 from common.errors import InvalidInput
 
 COMPONENTS = ("predictor", "transformer", "explainer")
+# the keys each level of the document may have: exactly what the to_dict() methods below write
+STATE_KEYS = ("version", "domain", "services", "revisions")
+SERVICE_KEYS = ("name", "namespace", "models", "entry", "components")
+TARGET_KEYS = ("revision", "percent", "tag")
+REVISION_KEYS = ("namespace", "service", "component", "container_concurrency", "timeout", "endpoints")
+ENDPOINT_KEYS = ("http", "grpc", "ready")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +137,7 @@ class RoutingState:
     @classmethod
     def from_dict(cls, doc: Any) -> RoutingState:
         """Parse and check a document; :class:`InvalidInput` names the first thing wrong with it."""
-        doc = _mapping(doc, "routing state")
+        doc = _mapping(doc, "", STATE_KEYS)  # "": the top level, whose keys' paths are their bare names
         revisions = {name: _revision(name, r) for name, r in _mapping(doc.get("revisions", {}), "revisions").items()}
         services = tuple(_service(i, s, revisions) for i, s in enumerate(_list(doc.get("services", []), "services")))
         seen: set[tuple[str, str]] = set()
@@ -147,7 +156,7 @@ class RoutingState:
 
 def _service(index: int, doc: Any, revisions: Mapping[str, Revision]) -> Service:
     where = f"services[{index}]"
-    doc = _mapping(doc, where)
+    doc = _mapping(doc, where, SERVICE_KEYS)
     name, namespace = _str(doc, "name", where), doc.get("namespace", "default")
     components: dict[str, tuple[Target, ...]] = {}
     for component, targets in _mapping(doc.get("components", {}), f"{where}.components").items():
@@ -171,7 +180,7 @@ def _service(index: int, doc: Any, revisions: Mapping[str, Revision]) -> Service
 
 
 def _target(where: str, doc: Any, revisions: Mapping[str, Revision]) -> Target:
-    doc = _mapping(doc, where)
+    doc = _mapping(doc, where, TARGET_KEYS)
     revision = _str(doc, "revision", where)
     if revision not in revisions:
         raise InvalidInput(f"{where}.revision: {revision!r} is not in revisions")
@@ -186,12 +195,11 @@ def _target(where: str, doc: Any, revisions: Mapping[str, Revision]) -> Target:
 
 def _revision(name: str, doc: Any) -> Revision:
     where = f"revisions.{name}"
-    doc = _mapping(doc, where)
-    endpoints = []
-    for i, e in enumerate(_list(doc.get("endpoints", []), f"{where}.endpoints")):
-        e = _mapping(e, f"{where}.endpoints[{i}]")
-        grpc = e.get("grpc")
-        endpoints.append(Endpoint(_str(e, "http", f"{where}.endpoints[{i}]"), grpc, bool(e.get("ready", True))))
+    doc = _mapping(doc, where, REVISION_KEYS)
+    endpoints = tuple(
+        _endpoint(f"{where}.endpoints[{i}]", e)
+        for i, e in enumerate(_list(doc.get("endpoints", []), f"{where}.endpoints"))
+    )
     cc = doc.get("container_concurrency", 0)
     timeout = doc.get("timeout", 300.0)
     if not isinstance(cc, int) or cc < 0:
@@ -206,15 +214,30 @@ def _revision(name: str, doc: Any) -> Revision:
         str(doc.get("namespace", "default")),
         str(doc.get("service", "")),
         component,
-        tuple(endpoints),
+        endpoints,
         cc,
         float(timeout),
     )
 
 
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+def _endpoint(where: str, doc: Any) -> Endpoint:
+    doc = _mapping(doc, where, ENDPOINT_KEYS)
+    grpc, ready = doc.get("grpc"), doc.get("ready", True)
+    if grpc is not None and (not isinstance(grpc, str) or not grpc):
+        raise InvalidInput(f"{where}.grpc must be a host:port string, or null")
+    if not isinstance(ready, bool):  # bool("false") is True: a quoted false would keep the replica in
+        raise InvalidInput(f"{where}.ready must be true or false, got {ready!r}")
+    return Endpoint(_str(doc, "http", where), grpc, ready)
+
+
+def _mapping(value: Any, where: str, keys: tuple[str, ...] | None = None) -> Mapping[str, Any]:
+    """``value`` as a mapping; with ``keys``, one with no other key."""
     if not isinstance(value, Mapping):
-        raise InvalidInput(f"{where} must be a mapping")
+        raise InvalidInput(f"{where or 'routing state'} must be a mapping")
+    for key in value if keys is not None else ():
+        if key not in keys:
+            path = f"{where}.{key}" if where else str(key)
+            raise InvalidInput(f"{path}: unknown key; expected one of {', '.join(sorted(keys))}")
     return value
 
 
