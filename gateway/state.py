@@ -202,9 +202,9 @@ def _revision(name: str, doc: Any) -> Revision:
     )
     cc = doc.get("container_concurrency", 0)
     timeout = doc.get("timeout", 300.0)
-    if not isinstance(cc, int) or cc < 0:
+    if not isinstance(cc, int) or isinstance(cc, bool) or cc < 0:
         raise InvalidInput(f"{where}.container_concurrency must be a non-negative integer")
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
         raise InvalidInput(f"{where}.timeout must be a positive number of seconds")
     component = doc.get("component", "predictor")
     if component not in COMPONENTS:

@@ -133,8 +133,11 @@ def _set(path: tuple[Any, ...], key: str, value: Any) -> Callable[[dict[str, Any
          f"revisions.{P1}.endpoints[0].ready must be true or false, got 'false'"),
         (_set(("revisions", P1, "endpoints", 0), "grpc", 8081),
          f"revisions.{P1}.endpoints[0].grpc must be a host:port string, or null"),
+        (_set(("revisions", P1), "timeout", True), f"revisions.{P1}.timeout must be a positive number of seconds"),
+        (_set(("revisions", P1), "container_concurrency", True),
+         f"revisions.{P1}.container_concurrency must be a non-negative integer"),
     ],
-    ids=["domain", "components", "tag", "timeout", "ready", "ready-string", "grpc-port"],
+    ids=["domain", "components", "tag", "timeout", "ready", "ready-string", "grpc-port", "timeout-bool", "cc-bool"],
 )  # fmt: skip
 def test_a_misspelt_key_or_a_quoted_ready_is_refused_with_its_path(change, message: str) -> None:
     doc = iris_document()
