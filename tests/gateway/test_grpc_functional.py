@@ -17,6 +17,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from gateway.app import Gateway
+from gateway.grpc_routes import HOST_HEADER, SERVICE
 from gateway.state import RoutingState
 from model_server.grpc_gen import inference_pb2 as pb
 from tests.gateway.documents import endpoint
@@ -193,3 +194,47 @@ async def test_metrics_and_channels_follow_the_routing_state(gateway: Gateway, e
             break
         await asyncio.sleep(0.01)
     assert echo[1] not in gateway.grpc.channels
+
+
+def _requests_served(model_server: Any) -> float:
+    return sum(
+        sample.value
+        for metric in model_server.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == "model_server_requests_total"
+    )
+
+
+async def test_internal_addresses_in_the_host_metadata_are_not_found_and_reach_nothing(
+    gateway: Gateway, echo: tuple[Echo, str]
+) -> None:
+    """x-servelane-host naming a replica's own address, localhost on another port, or the gateway's admin port
+    matches no service: NOT_FOUND, never a call to that address nor a fall back to routing by model name."""
+    model_server, echo_address = gateway.model_server, echo[1]  # type: ignore[attr-defined]
+    echo_port, admin = echo_address.rsplit(":", 1)[1], f"127.0.0.1:{gateway.ports['admin']}"
+    infer = pb.ModelInferRequest(model_name="echo-model", id="x").SerializeToString()  # by model name: the echo
+    iris = pb.ModelInferRequest(model_name="sklearn-iris").SerializeToString()
+    hosts_and_requests = [
+        (echo_address, infer),
+        (f"localhost:{echo_port}", infer),
+        (f"127.0.0.1:{model_server.grpc_port}", iris),
+        (f"localhost:{model_server.grpc_port}", iris),
+        (admin, infer),
+        (f"localhost:{gateway.ports['admin']}", iris),
+    ]
+    served_before = _requests_served(model_server)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.ports['grpc']}") as channel:
+        assert await channel.unary_unary(INFER)(infer) == infer  # the echo answers this request by model name
+        del echo[0].received[:]
+        channels = set(gateway.grpc.channels)  # the echo's, a routing-state endpoint
+        for host, request in hosts_and_requests:
+            for method, body in ((INFER, request), (SERVICE + "ServerMetadata", b"")):
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await channel.unary_unary(method)(body, metadata=((HOST_HEADER, host),), timeout=5)
+                assert (raised.value.code(), raised.value.details()) == (
+                    grpc.StatusCode.NOT_FOUND,
+                    f'unknown host "{host}"',
+                ), (host, method)
+    assert echo[0].received == []
+    assert _requests_served(model_server) == served_before
+    assert set(gateway.grpc.channels) == channels  # no channel opened to any address named
