@@ -32,7 +32,9 @@ The document, as JSON (or YAML)::
     }
 
 Every key is one of those above: a misspelt one (``redy: false``) is refused, naming its path, rather than left to
-fall back to the default it was meant to override.
+fall back to the default it was meant to override. That holds for the controller's documents too, so a gateway
+and its controller must know the same keys: a key added later needs a format version beside it (the Kubernetes
+backend's rolling upgrades), or an older gateway skips every state that carries it.
 
 Endpoints are replica queue-proxies (``host:port``). They only ever come from this document, never from a request.
 A revision with no ready endpoint is where the activator will come in (a later issue); until then the gateway
