@@ -6,6 +6,7 @@ controller that was killed."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -219,6 +220,38 @@ async def test_two_replicas_serve_and_one_whose_model_server_is_killed_comes_bac
     calls = len(changes.seen)
     await scaler.scale(t, 2)  # idempotent: nothing starts, nothing is announced
     assert scaler.replicas(t.revision) == [restarted, untouched] and len(changes.seen) == calls
+
+
+async def test_a_replica_whose_queue_proxy_is_killed_is_restarted_and_serves_again(scaler, changes, iris_repository):
+    t = template(iris_repository)
+    await scaler.scale(t, 1)
+    await wait_for(all_ready(scaler, t.revision, 1))
+    (first,) = scaler.replicas(t.revision)
+    assert first.restarts == 0
+    pids = scaler.pids()
+    async with aiohttp.ClientSession() as http:
+        assert await predict(http, first) == (200, {"predictions": [1]})
+
+    seen_before = len(changes.seen)
+    os.kill(pids[f"{first.name}/queue-proxy"], signal.SIGKILL)
+    await wait_for(lambda: scaler.replicas(t.revision)[0].restarts == 1)
+    await wait_for(all_ready(scaler, t.revision, 1))
+    (restarted,) = scaler.replicas(t.revision)
+    assert restarted.name == first.name and restarted.restarts == 1
+    assert restarted.http != first.http and restarted.grpc != first.grpc
+    marked = [s[0].ready for s in changes.seen[seen_before:]]
+    assert [ready for ready, _ in itertools.groupby(marked)] == [False, True]  # not ready at once, then ready again
+    assert not alive(pids[f"{first.name}/model-server"])  # the replica's model server was stopped with it
+    assert set(scaler.pids().values()).isdisjoint(pids.values())  # both processes are new ones
+    for process in ("queue-proxy", "model-server"):
+        assert (scaler.log_dir / f"{first.name}.{process}.log").read_text().count(" start ") == 2
+    async with aiohttp.ClientSession() as http:
+        assert await predict(http, restarted) == (200, {"predictions": [1]})
+    client = grpcclient.InferenceServerClient(restarted.grpc)
+    try:
+        assert await client.is_model_ready("sklearn-iris")  # its gRPC port serves again too
+    finally:
+        await client.close()
 
 
 @pytest.fixture
