@@ -17,6 +17,10 @@ METRICS = ("concurrency", "rps")
 KPA = "kpa.autoscaling.knative.dev"
 _NO_HPA = "no HPA here: servelane scales on concurrency or rps"
 REFUSED_METRICS = {"cpu": _NO_HPA, "memory": _NO_HPA}
+# How the KPA averages a metric over its stable window (`window`) and panic window: Knative accepts both spellings of
+# the weighted one ("weightedExponential" is its alternate casing). Knative checks the value only for the KPA class,
+# the only class servelane takes, so it is always checked here.
+AGGREGATION_ALGORITHMS = ("linear", "weighted-exponential", "weightedExponential")
 
 Check = Callable[[str], None]
 
@@ -104,6 +108,7 @@ _CHECKS: dict[str, Check] = {
     "scale-to-zero-pod-retention-period": _duration(0, 3600),
     "activation-scale": _integer(1),
     "target-burst-capacity": _decimal(-1),
+    "metric-aggregation-algorithm": _choice(AGGREGATION_ALGORITHMS, {}),
 }
 _ALIASES = {  # Knative's older camelCase spellings
     "minScale": "min-scale",
@@ -114,6 +119,7 @@ _ALIASES = {  # Knative's older camelCase spellings
     "targetUtilizationPercentage": "target-utilization-percentage",
     "scaleDownDelay": "scale-down-delay",
     "targetBurstCapacity": "target-burst-capacity",
+    "metricAggregationAlgorithm": "metric-aggregation-algorithm",
 }
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -9,6 +9,8 @@ argv; the controller adds ``--host``, ``--http-port``, ``--grpc-port`` and ``--p
                                         spellings; controller.knative) and applied to every component;
                                         serving.kserve.io/deploymentMode: Serverless only;
                                         serving.kserve.io/enable-tag-routing: "true" only (tags always route)
+    <component>.labels, annotations     the same checks, kept on that component (ComponentExtensionSpec); its
+                                        autoscaling.knative.dev/* apply to it only and win over the service's
     predictor.model (modelFormat onnx)  storageUri .onnx file, or a folder holding model.onnx
       or predictor.onnx (the shorthand)     -> --model-name <name> --model-path FILE
                                         storageUri folder in Triton's layout (<version>/model.onnx [+ config.yaml])
@@ -21,8 +23,8 @@ argv; the controller adds ``--host``, ``--http-port``, ``--grpc-port`` and ``--p
     batcher {maxBatchSize, maxLatency}  --batch-max-rows N --batch-max-delay-us <maxLatency ms * 1000>
                                         (KServe's defaults 32 and 500 ms)
     minReplicas, maxReplicas, containerConcurrency, timeout, canaryTrafficPercent, scaleTarget, scaleMetric
-                                        the ComponentSpec fields of those names (component fields win over the
-                                        service's autoscaling annotations, as in KServe)
+                                        the ComponentSpec fields of those names (component fields win over
+                                        both levels of autoscaling annotations, as in KServe)
     storageUri                          a local path (relative: to the YAML's folder) or file:///; nothing is
                                         downloaded, so gs://, s3://, pvc://, http(s)://, ... are errors
 
@@ -46,7 +48,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -79,15 +81,15 @@ AUTOSCALER_FIELDS = ("maxReplicas", "scaleTarget", "scaleMetric")  # recorded fo
 # KServe's ComponentExtensionSpec fields servelane supports, on every component
 EXTENSION_FIELDS = (
     *("minReplicas", "maxReplicas", "containerConcurrency", "timeout", "canaryTrafficPercent", "scaleTarget"),
-    *("scaleMetric", "batcher"),
+    *("scaleMetric", "batcher", "annotations", "labels"),
 )
 HINTS = {  # fields KServe has and servelane refuses, with the reason
     "runtime": "not supported (servelane runs its own model server)",
     "runtimeVersion": "not supported (servelane runs its own model server)",
     "command": "not supported (servelane always runs its own model server: put model-server flags in args)",
     "storage": "not supported: give storageUri, a local path or file:// URI",
-    "annotations": "not supported here: servelane reads annotations from metadata.annotations only",
-    "labels": "not supported here: servelane reads labels from metadata.labels only",
+    "annotations": "not supported here: give annotations in metadata.annotations or spec.<component>.annotations",
+    "labels": "not supported here: give labels in metadata.labels or spec.<component>.labels",
     "scaleMetricType": "not supported (no HPA or KEDA here: scaleMetric concurrency or rps scales on Knative's KPA)",
     "autoScaling": "not supported (no HPA or KEDA here: use scaleTarget and scaleMetric concurrency or rps)",
     "alibi": "not supported: servelane's explainer is occlusion, a containers explainer (args may be empty)",
@@ -124,6 +126,10 @@ class ComponentSpec:
     predictor_protocol: str = "v1"  # how the predictor is called: its protocolVersion, or a --predictor-protocol flag
     image: str | None = None  # kept for the Kubernetes backend
     resources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # kept, not enforced locally
+    # the component's own annotations and labels as written (the service's stay on InferenceServiceSpec); part of
+    # the digest, as they are part of a Knative revision's template
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def digest(self) -> str:
         """A stable short hash of what defines a revision: every field but the canary percent, which moves traffic
@@ -229,13 +235,21 @@ class _StrictLoader(yaml.SafeLoader):
 class _Context:
     name: str
     base_dir: Path
-    autoscaling: Mapping[str, str]  # the service's autoscaling.knative.dev/* annotations, by Knative's key
+    autoscaling: Mapping[str, str]  # the autoscaling.knative.dev/* annotations in effect, by Knative's key
     warnings: list[str]  # filled as the fields are read
-    spelled: Mapping[str, str]  # Knative's key -> the key as the user wrote it, for messages
+    origins: Mapping[str, str]  # Knative's key -> the annotation's field path as the user wrote it, for messages
 
     def annotation_at(self, key: str) -> str:
         """The field path of the autoscaling annotation ``key`` (Knative's spelling), as the user wrote it."""
-        return f'metadata.annotations["{self.spelled.get(key, key)}"]'
+        return self.origins.get(key, f'metadata.annotations["{key}"]')
+
+    def with_annotations(self, autoscaling: Mapping[str, str], origins: Mapping[str, str]) -> _Context:
+        """The context of one component, whose own autoscaling annotations win over the service's."""
+        return replace(
+            self,
+            autoscaling=MappingProxyType({**self.autoscaling, **autoscaling}),
+            origins=MappingProxyType({**self.origins, **origins}),
+        )
 
 
 def _service(doc: Any, base_dir: Path, source: str | None) -> InferenceServiceSpec:
@@ -249,15 +263,11 @@ def _service(doc: Any, base_dir: Path, source: str | None) -> InferenceServiceSp
     _only(metadata, "metadata", ("name", "namespace", "labels", "annotations"))
     name = _name(metadata.get("name"))
     namespace = _namespace(metadata.get("namespace", "default"))
-    labels = _strings(metadata.get("labels"), "metadata.labels")
-    for key in labels:
-        if _reserved(key):
-            raise SpecError(f'metadata.labels["{key}"]: not supported (servelane sets no KServe or Knative labels)')
+    labels = _labels(metadata.get("labels"), "metadata.labels")
     annotations = _strings(metadata.get("annotations"), "metadata.annotations")
     warnings: list[str] = []
-    autoscaling = _annotations(annotations, warnings)  # checked first: every autoscaling key has a canonical one
-    spelled = {knative.canonical_key(k): k for k in annotations if k.startswith(knative.PREFIX)}
-    context = _Context(name, Path(base_dir), autoscaling, warnings, MappingProxyType(spelled))
+    autoscaling, origins = _annotations(annotations, "metadata.annotations", warnings)
+    context = _Context(name, Path(base_dir), MappingProxyType(autoscaling), warnings, MappingProxyType(origins))
     spec = _mapping(_required(doc, "spec", ""), "spec")
     _only(spec, "spec", COMPONENTS)
     if spec.get("predictor") is None:
@@ -299,12 +309,22 @@ def _reserved(key: str) -> bool:
     return any(domain == d or domain.endswith("." + d) for d in ("kserve.io", "knative.dev", "kubeflow.org"))
 
 
-def _annotations(annotations: Mapping[str, str], warnings: list[str]) -> dict[str, str]:
-    """The ``autoscaling.knative.dev/*`` annotations by Knative's key, each checked (all but a min-scale above 0
-    warned about: recorded for the autoscaler); refuses other reserved keys."""
+def _labels(value: Any, where: str) -> dict[str, str]:
+    labels = _strings(value, where)
+    for key in labels:
+        if _reserved(key):
+            raise SpecError(f'{where}["{key}"]: not supported (servelane sets no KServe or Knative labels)')
+    return labels
+
+
+def _annotations(annotations: Mapping[str, str], at: str, warnings: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The ``autoscaling.knative.dev/*`` annotations of the mapping at ``at`` by Knative's key, each checked (all
+    but a min-scale above 0 warned about: recorded for the autoscaler), and each one's field path as written;
+    refuses other reserved keys."""
     autoscaling: dict[str, str] = {}
+    origins: dict[str, str] = {}
     for key, value in annotations.items():
-        where = f'metadata.annotations["{key}"]'
+        where = f'{at}["{key}"]'
         if key == DEPLOYMENT_MODE:
             if value != "Serverless":
                 raise SpecError(f"{where}: only Serverless is supported, got {value!r}")
@@ -319,7 +339,7 @@ def _annotations(annotations: Mapping[str, str], warnings: list[str]) -> dict[st
                 raise SpecError(f"{where}: {exc}") from None
             if canonical in autoscaling:
                 raise SpecError(f"{where}: {canonical} is given twice (under both of its spellings)")
-            autoscaling[canonical] = value
+            autoscaling[canonical], origins[canonical] = value, where
             if canonical != knative.PREFIX + "min-scale":
                 warnings.append(f"{where}: {UNTIL_AUTOSCALER}")
             elif int(value) == 0:
@@ -328,8 +348,8 @@ def _annotations(annotations: Mapping[str, str], warnings: list[str]) -> dict[st
             raise SpecError(f"{where}: not supported (servelane reads no other KServe or Knative annotations)")
     lowest, highest = autoscaling.get(knative.PREFIX + "min-scale"), autoscaling.get(knative.PREFIX + "max-scale")
     if lowest is not None and highest is not None and 0 < int(highest) < int(lowest):
-        raise SpecError(f'metadata.annotations["{knative.PREFIX}max-scale"]: {highest} is below min-scale {lowest}')
-    return autoscaling
+        raise SpecError(f"{origins[knative.PREFIX + 'max-scale']}: {highest} is below min-scale {lowest}")
+    return autoscaling, origins
 
 
 # --- components --------------------------------------------------------------------------------------------------
@@ -352,6 +372,7 @@ def _component(component: str, doc: Any, context: _Context, protocol: str) -> Co
     doc = _mapping(doc, where)
     sources = ("model", "onnx", "containers") if component == "predictor" else ("containers",)
     _only(doc, where, (*sources, *EXTENSION_FIELDS))
+    context, kept = _own_metadata(doc, where, context)
     given = [key for key in sources if key in doc]
     if len(given) != 1:
         raise SpecError(
@@ -378,8 +399,19 @@ def _component(component: str, doc: Any, context: _Context, protocol: str) -> Co
         image=process.image,
         resources=process.resources,
         predictor_protocol=protocol,
+        **kept,
         **_scaling(doc, where, context),
     )
+
+
+def _own_metadata(doc: Mapping[str, Any], where: str, context: _Context) -> tuple[_Context, dict[str, Any]]:
+    """A component's own ``annotations`` and ``labels`` (KServe's ComponentExtensionSpec), checked as the service's
+    are; its autoscaling annotations win over the service's for this component only, as in KServe."""
+    annotations = _strings(doc.get("annotations"), f"{where}.annotations")
+    autoscaling, origins = _annotations(annotations, f"{where}.annotations", context.warnings)
+    labels = _labels(doc.get("labels"), f"{where}.labels")
+    kept = {"annotations": _frozen(annotations), "labels": _frozen(labels)}
+    return context.with_annotations(autoscaling, origins), kept
 
 
 def _model(doc: Any, where: str, key: str, context: _Context) -> _Process:

@@ -33,6 +33,9 @@ def test_both_spellings_of_a_key_are_one_key():
     assert knative.canonical_key("autoscaling.knative.dev/min-scale") == "autoscaling.knative.dev/min-scale"
     with pytest.raises(ValueError, match="not a supported Knative autoscaling annotation"):
         knative.canonical_key("autoscaling.knative.dev/stable-window")
+    aggregation = "autoscaling.knative.dev/metric-aggregation-algorithm"
+    assert knative.canonical_key("autoscaling.knative.dev/metricAggregationAlgorithm") == aggregation
+    assert knative.canonical_key(aggregation) == aggregation
 
 
 @pytest.mark.parametrize(
@@ -47,6 +50,9 @@ def test_both_spellings_of_a_key_are_one_key():
         ("scale-to-zero-pod-retention-period", "1m", "61m"),
         ("metric", "rps", "cpu"),
         ("class", "kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev"),
+        ("metric-aggregation-algorithm", "linear", "Linear"),
+        ("metric-aggregation-algorithm", "weightedExponential", "WeightedExponential"),
+        ("metric-aggregation-algorithm", "weighted-exponential", "weighted_exponential"),
     ],
 )
 def test_values_are_checked_as_knative_does(key: str, good: str, bad: str):

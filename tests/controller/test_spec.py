@@ -243,6 +243,120 @@ def test_max_replicas_below_min_names_where_each_came_from(
     assert caught.value.message == message
 
 
+COMPONENT_MAX_BELOW_MIN = [  # the same, across the service's annotations, the component's and its fields
+    (
+        {},
+        {A + "min-scale": "3"},
+        {A + "maxScale": "2"},
+        f'spec.predictor.annotations["{A}maxScale"]: 2 is below metadata.annotations["{A}min-scale"] 3',
+    ),
+    (
+        {"maxReplicas": 2},
+        {A + "min-scale": "1"},
+        {A + "minScale": "3"},
+        f'spec.predictor.maxReplicas: 2 is below spec.predictor.annotations["{A}minScale"] 3',
+    ),
+    (
+        {"minReplicas": 4},
+        {A + "max-scale": "9"},
+        {A + "max-scale": "3"},
+        f'spec.predictor.annotations["{A}max-scale"]: 3 is below spec.predictor.minReplicas 4',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "fields, service, own, message", COMPONENT_MAX_BELOW_MIN, ids=["annotations", "maxReplicas", "minReplicas"]
+)
+def test_max_below_min_names_the_components_own_annotation(
+    tmp_path: Path,
+    doc: dict[str, Any],
+    fields: dict[str, int],
+    service: dict[str, str],
+    own: dict[str, str],
+    message: str,
+):
+    doc = changed(doc, "metadata.annotations", service)
+    doc = changed(doc, "spec.predictor", {**doc["spec"]["predictor"], **fields, "annotations": own})
+    with pytest.raises(SpecError) as caught:
+        parse(doc, tmp_path)
+    assert caught.value.message == message
+
+
+def test_a_components_annotations_apply_to_it_only_and_win_over_the_services(tmp_path: Path, doc: dict[str, Any]):
+    service = {A + "min-scale": "2", A + "max-scale": "5", A + "target": "7", "team": "ml"}
+    doc = changed(doc, "metadata.annotations", service)
+    predictor_own = {A + "minScale": "3", A + "target": "9", A + "max-scale": "8", "team": "fraud", "note": "x"}
+    doc = changed(doc, "spec.predictor", {**doc["spec"]["predictor"], "annotations": predictor_own, "maxReplicas": 6})
+    doc = changed(doc, "spec.predictor.labels", {"app": "iris-predictor"})
+    doc = changed(doc, "spec.transformer.annotations", {A + "max-scale": "4", A + "metric": "rps"})
+    spec = parse(changed(doc, "spec.transformer.minReplicas", 1), tmp_path)
+    predictor, transformer, explainer = (spec.components[c] for c in ("predictor", "transformer", "explainer"))
+    # predictor: its own min-scale and target win over the service's; its maxReplicas field wins over both
+    assert (predictor.min_replicas, predictor.max_replicas, predictor.scale_target) == (3, 6, 9)
+    assert dict(predictor.autoscaling) == {
+        A + "max-scale": "6",
+        A + "metric": "concurrency",
+        A + "min-scale": "3",
+        A + "target": "9",
+    }
+    # transformer: its minReplicas field wins; its own max-scale and metric; the service's target
+    assert (transformer.min_replicas, transformer.max_replicas, transformer.scale_target) == (1, 4, 7)
+    assert transformer.scale_metric == "rps"
+    # explainer: the service's annotations only
+    assert (explainer.min_replicas, explainer.max_replicas, explainer.scale_target) == (2, 5, 7)
+    assert explainer.scale_metric == "concurrency"
+    # each level keeps its own annotations and labels as written
+    assert dict(predictor.annotations) == predictor_own and dict(predictor.labels) == {"app": "iris-predictor"}
+    assert dict(transformer.annotations) == {A + "max-scale": "4", A + "metric": "rps"}
+    assert dict(explainer.annotations) == {} and dict(explainer.labels) == {}
+    assert dict(spec.annotations) == service and dict(spec.labels) == {}
+
+
+def test_a_components_own_annotations_and_labels_define_its_revision(tmp_path: Path, doc: dict[str, Any]):
+    first = parse(doc, tmp_path).components
+    annotated = parse(changed(doc, "spec.transformer.annotations", {"team": "ml"}), tmp_path).components
+    assert annotated["transformer"].digest() != first["transformer"].digest()
+    assert annotated["predictor"].digest() == first["predictor"].digest()
+    labelled = parse(changed(doc, "spec.transformer.labels", {"app": "iris"}), tmp_path).components
+    assert labelled["transformer"].digest() != first["transformer"].digest()
+
+
+def test_component_annotations_are_warned_about_at_their_own_path(tmp_path: Path, doc: dict[str, Any]):
+    until_autoscaler = "recorded; the local backend runs max(minReplicas, 1) replicas until the autoscaler lands"
+    doc = changed(doc, "metadata.annotations", {A + "window": "1m"})
+    doc = changed(doc, "spec.predictor.annotations", {A + "min-scale": "0", A + "window": "2m", "team": "ml"})
+    doc = changed(
+        doc, "spec.explainer.annotations", {A + "min-scale": "2", "serving.kserve.io/deploymentMode": "Serverless"}
+    )
+    spec = parse(doc, tmp_path)
+    assert spec.warnings == (
+        f'metadata.annotations["{A}window"]: {until_autoscaler}',
+        f'spec.predictor.annotations["{A}min-scale"]: 0 recorded; the local backend runs 1 replica until scale to '
+        "zero lands",
+        f'spec.predictor.annotations["{A}window"]: {until_autoscaler}',
+    )
+    assert spec.components["predictor"].autoscaling[A + "window"] == "2m"
+    assert spec.components["transformer"].autoscaling[A + "window"] == "1m"
+    assert spec.components["explainer"].min_replicas == 2
+
+
+@pytest.mark.parametrize("key", ["metric-aggregation-algorithm", "metricAggregationAlgorithm"])
+@pytest.mark.parametrize("value", ["linear", "weightedExponential", "weighted-exponential"])
+def test_the_metric_aggregation_algorithm_is_recorded_with_a_warning(
+    tmp_path: Path, doc: dict[str, Any], key: str, value: str
+):
+    until_autoscaler = "recorded; the local backend runs max(minReplicas, 1) replicas until the autoscaler lands"
+    spec = parse(changed(doc, "metadata.annotations", {A + key: value, A + "window": "2m"}), tmp_path)
+    assert spec.warnings == (
+        f'metadata.annotations["{A}{key}"]: {until_autoscaler}',
+        f'metadata.annotations["{A}window"]: {until_autoscaler}',
+    )
+    for component in spec.components.values():
+        assert component.autoscaling[A + "metric-aggregation-algorithm"] == value
+        assert component.autoscaling[A + "window"] == "2m"
+
+
 def test_kserves_batcher_defaults(tmp_path: Path, doc: dict[str, Any]):
     spec = parse(changed(doc, "spec.predictor.batcher", {}), tmp_path)
     assert spec.components["predictor"].server_args[-4:] == ("--batch-max-rows", "32", "--batch-max-delay-us", "500000")
@@ -437,7 +551,21 @@ REFUSED = [
     ("spec.predictor.nodeSelector", {"gpu": "a100"}, "spec.predictor.nodeSelector: not supported"),
     ("spec.predictor.tolerations", [], "spec.predictor.tolerations: not supported"),
     ("spec.predictor.volumes", [], "spec.predictor.volumes: not supported"),
-    ("spec.predictor.annotations", {"a": "b"}, "spec.predictor.annotations: not supported here: servelane reads"),
+    (
+        "spec.predictor.model.annotations",
+        {"a": "b"},
+        "spec.predictor.model.annotations: not supported here: give annotations in metadata.annotations or "
+        "spec.<component>.annotations",
+    ),
+    ("spec.transformer.containers.0.labels", {"a": "b"}, "spec.transformer.containers[0].labels: not supported here"),
+    ("spec.annotations", {"a": "b"}, "spec.annotations: not supported here: give annotations in metadata"),
+    (
+        "spec.predictor.labels",
+        {"serving.kserve.io/inferenceservice": "iris"},
+        'spec.predictor.labels["serving.kserve.io/inferenceservice"]: not supported (servelane sets no KServe',
+    ),
+    ("spec.explainer.labels", {"replicas": 2}, 'spec.explainer.labels["replicas"]: keys and values must be strings'),
+    ("spec.transformer.annotations", ["a"], "spec.transformer.annotations: expected a mapping, got list"),
     ("spec.predictor.scaleMetric", "cpu", "spec.predictor.scaleMetric: 'cpu' is not supported (no HPA here"),
     ("spec.predictor.scaleMetric", "memory", "spec.predictor.scaleMetric: 'memory' is not supported (no HPA here"),
     ("spec.predictor.scaleMetricType", "Utilization", "spec.predictor.scaleMetricType: not supported (no HPA"),
@@ -527,6 +655,9 @@ ANNOTATIONS_REFUSED = [
     ({A + "class": "hpa.autoscaling.knative.dev"}, "'hpa.autoscaling.knative.dev' is not supported (no HPA here"),
     ({A + "metric": "cpu"}, "'cpu' is not supported (no HPA here"),
     ({A + "scale-up-rate": "2"}, "not a supported Knative autoscaling annotation (supported: min-scale"),
+    ({A + "metric-aggregation-algorithm": "WeightedExponential"}, "expected one of linear, weighted-exponential, weig"),
+    ({A + "metricAggregationAlgorithm": "exponential"}, "expected one of linear, weighted-exponential"),
+    ({A + "metric-aggregation-algorithm": "linear", A + "metricAggregationAlgorithm": "linear"}, "is given twice"),
     ({A + "min-scale": "-1"}, "expected an integer of at least 0, got '-1'"),
     ({A + "maxScale": "two"}, "expected an integer of at least 0, got 'two'"),
     ({A + "target": "0"}, "expected a number at least 0.01"),
@@ -562,14 +693,36 @@ def test_batching_twice_is_refused(tmp_path: Path, doc: dict[str, Any]):
         parse(changed(doc, "spec.predictor.model.args", ["--batch-max-rows", "8"]), tmp_path)
 
 
+@pytest.mark.parametrize(
+    "at",
+    [
+        "metadata.annotations",
+        "spec.predictor.annotations",
+        "spec.transformer.annotations",
+        "spec.explainer.annotations",
+    ],
+)
 @pytest.mark.parametrize("annotations, message", ANNOTATIONS_REFUSED, ids=[str(a)[:60] for a, _ in ANNOTATIONS_REFUSED])
 def test_reserved_and_bad_annotations_are_refused(
-    tmp_path: Path, doc: dict[str, Any], annotations: dict[str, str], message: str
+    tmp_path: Path, doc: dict[str, Any], at: str, annotations: dict[str, str], message: str
 ):
+    """A component's own annotations get the service's checks, and the error names the component's path."""
     with pytest.raises(SpecError) as caught:
-        parse(changed(doc, "metadata.annotations", annotations), tmp_path)
-    assert caught.value.message.startswith('metadata.annotations["'), caught.value.message
+        parse(changed(doc, at, annotations), tmp_path)
+    assert caught.value.message.startswith(f'{at}["'), caught.value.message
     assert message in caught.value.message
+
+
+def test_a_bad_component_annotation_names_its_exact_path(tmp_path: Path, doc: dict[str, Any]):
+    with pytest.raises(SpecError) as caught:
+        parse(changed(doc, "spec.predictor.annotations", {"team": "ml", A + "min-scale": "-1"}), tmp_path)
+    assert (
+        caught.value.message
+        == f"spec.predictor.annotations[\"{A}min-scale\"]: expected an integer of at least 0, got '-1'"
+    )
+    with pytest.raises(SpecError) as caught:
+        parse(changed(doc, "spec.explainer.annotations", {A + "maxScale": "3", A + "minScale": "4"}), tmp_path)
+    assert caught.value.message == f'spec.explainer.annotations["{A}maxScale"]: 3 is below min-scale 4'
 
 
 @pytest.mark.parametrize(
