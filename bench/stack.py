@@ -9,6 +9,8 @@ Cases (``<path>@c<concurrency>``, at 1 and 16), each POSTing KServe's V1 body
 
 * ``predictor``: the standalone predictor, direct;
 * ``qp-predictor``: the predictor replica's queue-proxy (queue-proxy → predictor);
+* ``relay-predictor``: :mod:`bench.py_relay` in the gateway's place (relay → queue-proxy → predictor), the least
+  a Python hop on uvloop can do there (bytes passed as they came): the floor for the gateway's own cost;
 * ``gateway-predictor``: the gateway with ``Host: sklearn-iris-predictor.default.example.com``
   (gateway → queue-proxy → predictor);
 * ``full``: the gateway by model name, as a user calls it (gateway → queue-proxy → transformer → gateway →
@@ -16,7 +18,7 @@ Cases (``<path>@c<concurrency>``, at 1 and 16), each POSTing KServe's V1 body
 
 A probe checks each path's answer first: class indices ``[1, 1]`` from the predictor paths, ``["versicolor",
 "versicolor"]`` on the full path. Server CPU (``srv``) is the process the load talks to; beside it, every process
-on the case's path has its own column of CPU per request: ``gateway``, ``trans-qp`` and ``trans-ms`` (the
+on the case's path has its own column of CPU per request: ``relay``, ``gateway``, ``trans-qp`` and ``trans-ms`` (the
 transformer's queue-proxy and model server), ``pred-qp`` and ``pred-ms`` (the predictor's); in the ``predictor``
 row ``pred-ms`` is the standalone predictor. The processes are found below ``up`` in /proc by command line: the
 queue-proxy whose ``--port`` is a replica's address in the controller's /v1/status, the model server whose
@@ -26,7 +28,8 @@ Ratios (issue 5's targets; each computed within a repeat, median over repeats): 
 (qp-predictor - predictor, <= 0.15 ms) and the gateway's (gateway-predictor - qp-predictor, <= 0.15 ms), the
 same at c16 for information; the gateway's CPU per request (in gateway-predictor) and the predictor queue-proxy's
 (in qp-predictor) at c1 and c16 (<= 100 us each), and for information the two side by side in one chain (both in
-gateway-predictor: the queue-proxy's CPU there, and gateway / queue-proxy); the full path's p50 and rps against
+gateway-predictor: the queue-proxy's CPU there, and gateway / queue-proxy) and the gateway against the bare
+relay in its place (relay-predictor: its added p50 and CPU, and gateway / relay); the full path's p50 and rps against
 the predictor alone's, and the CPU per request of every process on the full path.
 
 After the load, a few hundred sequential requests through the full path and through gateway-predictor give each
@@ -64,14 +67,15 @@ PREDICTOR_HOST = "sklearn-iris-predictor.default.example.com"  # KServe's compon
 BODY = json.dumps({"instances": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}).encode()
 CLASSES, SPECIES = [1, 1], ["versicolor", "versicolor"]
 CONCURRENCIES = (1, 16)
-PATHS = ("predictor", "qp-predictor", "gateway-predictor", "full")
+PATHS = ("predictor", "qp-predictor", "relay-predictor", "gateway-predictor", "full")
 KEYS = [f"{path}@c{c}" for c in CONCURRENCIES for path in PATHS]  # side by side: every path at one concurrency
-HOPS = ("gateway", "trans-qp", "trans-ms", "pred-qp", "pred-ms")
+HOPS = ("relay", "gateway", "trans-qp", "trans-ms", "pred-qp", "pred-ms")
 ON_PATH = {
     "predictor": ("pred-ms",),
     "qp-predictor": ("pred-qp", "pred-ms"),
+    "relay-predictor": ("relay", "pred-qp", "pred-ms"),
     "gateway-predictor": ("gateway", "pred-qp", "pred-ms"),
-    "full": HOPS,
+    "full": ("gateway", "trans-qp", "trans-ms", "pred-qp", "pred-ms"),
 }
 READY_TIMEOUT = 120.0  # seconds for `servelane up` to print "ready in"
 STOP_TIMEOUT = 60.0
@@ -86,7 +90,8 @@ class Stack:
     gateway_port: int
     qp_port: int  # the predictor replica's queue-proxy
     alone_port: int  # the standalone predictor
-    pids: dict[str, int]  # hop -> pid, and "alone" -> the standalone predictor
+    relay_port: int  # bench.py_relay in front of the predictor replica's queue-proxy
+    pids: dict[str, int]  # hop -> pid, "alone" -> the standalone predictor, "relay" -> the relay
     notes: list[str] = field(default_factory=list)
 
 
@@ -159,10 +164,13 @@ def serving(work: Path) -> Iterator[Stack]:
             raise RuntimeError(f"servelane up did not get ready: {exc}\n{_log_tails(work / 'logs')}") from None
         with urllib.request.urlopen(f"http://{HOST}:{admin}/v1/status", timeout=10) as response:
             pids, ports = find_hops(up.pid, json.loads(response.read()))
-        with standalone(command_lines(up.pid)[pids["pred-ms"]]) as (alone, alone_port, args):
+        with (
+            standalone(command_lines(up.pid)[pids["pred-ms"]]) as (alone, alone_port, args),
+            relaying(ports["predictor"]) as (relay, relay_port),
+        ):
             notes.append(f"predictor alone: python -m model_server {' '.join(args)}")
-            stack = Stack(port, ports["predictor"], alone_port, {**pids, "alone": alone.pid}, notes)
-            yield stack
+            pids |= {"alone": alone.pid, "relay": relay.pid}
+            yield Stack(port, ports["predictor"], alone_port, relay_port, pids, notes)
     finally:
         below = up.descendants() if up.proc is not None and up.proc.poll() is None else []
         code = up.stop(STOP_TIMEOUT)
@@ -174,6 +182,19 @@ def serving(work: Path) -> Iterator[Stack]:
             f"servelane up stopped by SIGTERM (exit {code}); "
             + (f"LEFT BEHIND and killed: {left}" if left else f"none of its {len(below)} processes left")
         )
+
+
+@contextlib.contextmanager
+def relaying(upstream: int) -> Iterator[tuple[ServiceProcess, int]]:
+    """bench.py_relay, the least a Python hop on uvloop can do, in front of ``upstream`` (the predictor replica's
+    queue-proxy): in the gateway's place on the path, the floor for the gateway's own cost there."""
+    port = free_port()
+    relay = ServiceProcess("bench.py_relay", str(port), str(upstream)).start()
+    try:
+        relay.wait_http(f"http://{HOST}:{port}/v2/health/ready", timeout=30)
+        yield relay, port
+    finally:
+        relay.stop()
 
 
 @contextlib.contextmanager
@@ -206,6 +227,7 @@ def requests(stack: Stack) -> dict[str, HttpRequest]:
     return {
         "predictor": HttpRequest(f"http://{HOST}:{stack.alone_port}{url}", BODY, (json_type,)),
         "qp-predictor": HttpRequest(f"http://{HOST}:{stack.qp_port}{url}", BODY, (json_type,)),
+        "relay-predictor": HttpRequest(f"http://{HOST}:{stack.relay_port}{url}", BODY, (json_type,)),
         "gateway-predictor": HttpRequest(
             f"http://{HOST}:{stack.gateway_port}{url}", BODY, (json_type, ("Host", PREDICTOR_HOST))
         ),
@@ -222,7 +244,8 @@ def check(expected: list) -> Check:
 
 
 def entry_pid(stack: Stack, path: str) -> int:
-    return {"predictor": stack.pids["alone"], "qp-predictor": stack.pids["pred-qp"]}.get(path, stack.pids["gateway"])
+    entries = {"predictor": "alone", "qp-predictor": "pred-qp", "relay-predictor": "relay"}
+    return stack.pids[entries.get(path, "gateway")]
 
 
 def build_cases(stack: Stack, options: Options, wrk: str | None) -> list[Case]:
@@ -259,11 +282,14 @@ def ratios(run: dict[str, Measurement]) -> list[Ratio]:
     out = []
     for c in CONCURRENCIES:
         target = "<= 0.15" if c == 1 else ""
-        pred, qp, gw, full = (f"{path}@c{c}" for path in PATHS)
+        pred, qp, relay, gw, full = (f"{path}@c{c}" for path in PATHS)
         if {pred, qp} <= run.keys():
             out.append(diff(f"queue-proxy c{c}: added p50, qp-predictor - predictor, ms", qp, pred, "p50_ms", target))
         if {qp, gw} <= run.keys():
             out.append(diff(f"gateway c{c}: added p50, gateway-predictor - qp-predictor, ms", gw, qp, "p50_ms", target))
+        if {qp, relay} <= run.keys():
+            name = f"bare Python relay c{c}: added p50, relay-predictor - qp-predictor, ms"
+            out.append(diff(name, relay, qp, "p50_ms"))
     for c in CONCURRENCIES:
         if f"gateway-predictor@c{c}" in run:
             out.append(
@@ -280,9 +306,9 @@ def ratios(run: dict[str, Measurement]) -> list[Ratio]:
                 )
             )
         if f"gateway-predictor@c{c}" in run:
-            # the two proxy hops side by side in one chain: at c1 every process's CPU per request grows with the
-            # number of processes taking turns on the cores (a wake-up and cold caches per hop and direction), so
-            # the queue-proxy's own number above is from a shorter chain than the gateway's
+            # the two proxy hops side by side in one chain: at c1 a hop runs its code with caches the other
+            # processes (and this VM's neighbours) have emptied since its last request, so the longer the chain,
+            # the more each hop costs; the queue-proxy's own number above is from a shorter chain than the gateway's
             gw_case = f"gateway-predictor@c{c}"
             out.append(Ratio(f"predictor queue-proxy c{c}: CPU us/req (gateway-predictor)", get(gw_case, "pred-qp")))
             gateway, queue_proxy = get(gw_case, "gateway"), get(gw_case, "pred-qp")
@@ -292,6 +318,19 @@ def ratios(run: dict[str, Measurement]) -> list[Ratio]:
                     None if gateway is None or not queue_proxy else gateway / queue_proxy,
                 )
             )
+        relay_case = f"relay-predictor@c{c}"
+        if relay_case in run:
+            # the floor for a Python hop in the gateway's place: bench.py_relay passes bytes, nothing more
+            relay = get(relay_case, "relay")
+            out.append(Ratio(f"bare Python relay c{c}: CPU us/req (relay-predictor)", relay))
+            if f"gateway-predictor@c{c}" in run:
+                gateway = get(f"gateway-predictor@c{c}", "gateway")
+                out.append(
+                    Ratio(
+                        f"gateway / bare Python relay c{c}: CPU per request, same place on the path",
+                        None if gateway is None or not relay else gateway / relay,
+                    )
+                )
     for c in CONCURRENCIES:
         pred, full = f"predictor@c{c}", f"full@c{c}"
         if {pred, full} <= run.keys():
