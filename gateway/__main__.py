@@ -40,7 +40,8 @@ def parse_args(argv: list[str], env: Mapping[str, str] = os.environ) -> GatewayC
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=d[name], help=f"0: any free port{extra}")
     p.add_argument("--domain", default=d["domain"], help="the external domain (default: the routing state's)")
     p.add_argument("--name", dest="names", action="append", default=list(d["names"]),
-                   help="another host name of this gateway, routed by path like localhost (repeatable)")  # fmt: skip
+                   help="another host name of this gateway, routed by path like localhost; host:port: with that port "
+                        "only, as a container runtime publishes it (repeatable)")  # fmt: skip
     p.add_argument("--poll-interval", type=float, default=d["poll_interval"], help="seconds between file checks")
     p.add_argument("--controller-wait", type=float, default=d["controller_wait"], help="long-poll seconds")
     p.add_argument("--max-backoff", type=float, default=d["max_backoff"], help="retry cap while the controller is away")

@@ -20,7 +20,9 @@ class GatewayConfig:
     admin_port: int = 8082  # /healthz, /readyz, /routing
     metrics_port: int = 9092  # Prometheus
     domain: str | None = None  # overrides the routing state's domain when set
-    names: tuple[str, ...] = ()  # more host names that mean this gateway (route by path), besides localhost & co.
+    # more host names that mean this gateway (route by path), besides localhost & co.; "name:port" means the gateway
+    # only with that port, the one a container runtime publishes it on (Host: localhost:9000 for -p 9000:8080)
+    names: tuple[str, ...] = ()
     poll_interval: float = 1.0  # seconds between checks of the routes file
     controller_wait: float = 30.0  # seconds the controller may hold a long poll before answering 304
     max_backoff: float = 5.0  # seconds, the longest wait between attempts while the controller is away
@@ -36,6 +38,10 @@ class GatewayConfig:
         for name in ("port", "grpc_port", "admin_port", "metrics_port"):
             if not (0 <= getattr(self, name) <= 65535 or (name == "grpc_port" and self.grpc_port == -1)):
                 raise ValueError(f"{name} must be a port number (0: any free port)")
+        for given in self.names:
+            name, colon, port = given.rpartition(":") if given.count(":") == 1 else ("", "", "")
+            if colon and (not name or not port.isdigit() or not 0 < int(port) <= 65535):
+                raise ValueError(f"--name {given!r}: give a host name, or host:port with a port number")
         for name in ("poll_interval", "controller_wait", "max_backoff"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -51,13 +51,22 @@ class Identity:
     hosts: frozenset[str] = frozenset(LOCAL_NAMES)
     ports: frozenset[int] = frozenset()
     any_address: bool = False  # bound to every address: any IP literal names the gateway too
+    # names given with a port (``--name localhost:9000``: the port a container runtime publishes the gateway on),
+    # the gateway's own with that port only
+    published: frozenset[tuple[str, int]] = frozenset()
 
     @classmethod
     def of(cls, bind_host: str, ports: Iterable[int], names: Iterable[str] = ()) -> Identity:
-        hosts = {*LOCAL_NAMES, *(n.lower() for n in names)}
+        hosts, published = set(LOCAL_NAMES), set()
+        for given in names:
+            name, port = split_host(given)
+            if port is None:
+                hosts.add(name)
+            elif port > 0:  # GatewayConfig refuses any other
+                published.add((name, port))
         if bind_host not in WILDCARDS:
             hosts.add(bind_host.lower().strip("[]"))
-        return cls(frozenset(hosts), frozenset(ports), bind_host in WILDCARDS)
+        return cls(frozenset(hosts), frozenset(ports), bind_host in WILDCARDS, frozenset(published))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +104,7 @@ class RoutingTable:
         self._own = identity.hosts | {self.domain}
         self._ports = identity.ports
         self._any_address = identity.any_address
+        self._published = identity.published
         self.hosts, self.models, self.conflicts = _index(state.services, self.domain)
         self._matched: dict[tuple[str | None, str], Destination] = {}  # (Host, path) -> where it went
 
@@ -146,7 +156,7 @@ class RoutingTable:
 
     def is_own(self, name: str, port: int | None) -> bool:
         if port is not None and port not in self._ports:
-            return False
+            return (name, port) in self._published
         return name in self._own or (self._any_address and _is_ip(name))
 
     # -- picking a revision ----------------------------------------------------------------------------------

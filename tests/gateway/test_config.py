@@ -16,6 +16,7 @@ def test_flags() -> None:
     assert config.routes == Path("r.yaml") and config.controller is None
     assert (config.port, config.grpc_port, config.admin_port, config.metrics_port) == (0, 9001, 8082, 9092)
     assert config.domain == "serve.local" and config.names == ("gw.internal", "gw")
+    assert parse_args(["--routes", "r.yaml", "--name", "localhost:9000"]).names == ("localhost:9000",)
     assert parse_args(["--routes", "r.yaml", "--grpc-port", "-1"]).grpc_port == -1  # no gRPC port
     assert config.admin_host is None  # the admin port listens on --host
     assert parse_args(["--routes", "r.yaml", "--admin-host", "127.0.0.1"]).admin_host == "127.0.0.1"
@@ -38,6 +39,9 @@ def test_environment_and_flags_win() -> None:
         (["--routes", "a", "--port", "70000"], "port must be a port number"),
         (["--routes", "a", "--port", "-1"], "port must be a port number"),
         (["--routes", "a", "--poll-interval", "0"], "poll_interval must be positive"),
+        (["--routes", "a", "--name", "localhost:http"], "--name 'localhost:http': give a host name, or host:port"),
+        (["--routes", "a", "--name", "localhost:0"], "--name 'localhost:0': give a host name, or host:port"),
+        (["--routes", "a", "--name", ":9000"], "--name ':9000': give a host name, or host:port"),
     ],
 )
 def test_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,6 +107,16 @@ def test_bind_host_and_extra_names_are_own_names() -> None:
         table.match("10.9.9.9:9000", "/v2/models/other-model/infer")
 
 
+def test_a_name_with_a_port_is_ours_with_that_port_only() -> None:
+    # docker run -p 9000:8080: curl localhost:9000 sends Host: localhost:9000
+    table = RoutingTable(iris_state(), Identity.of("0.0.0.0", (8080,), names=("localhost:9000", "Box.lan:80")))
+    for host in ("localhost:9000", "LOCALHOST:9000", "box.lan:80", "localhost:8080", "localhost"):
+        assert table.match(host, "/v2/models/other-model/infer").service == "other"
+    for host in ("localhost:9001", "box.lan:9000", "box.lan", "127.0.0.1:9000"):
+        with pytest.raises(NotFound):
+            table.match(host, "/v2/models/other-model/infer")
+
+
 def test_bound_to_every_address_any_ip_literal_is_ours() -> None:
     table = RoutingTable(iris_state(), Identity.of("0.0.0.0", (9000,)))
     assert table.match("10.9.9.9:9000", "/v2/models/other-model/infer").service == "other"
