@@ -7,8 +7,9 @@
                                       InferenceServices and applied; 200 {"applied": [{"service", "namespace",
                                       "created", "warnings"}]} or 400 naming the field (a service defined
                                       twice, in one document or across them, included), nothing applied
-    GET  /v1/status                   services, revisions, traffic and replicas, each replica's in-flight requests
-                                      (its queue-proxy's average concurrency over the last second)
+    GET  /v1/status                   services, revisions, traffic and replicas, each replica's requests in flight
+                                      now (``in_flight``) and averaged over the last second (``avg_concurrency``,
+                                      Knative's stat), from its queue-proxy's stats port; null when it does not answer
     GET  /healthz                     200 while the controller runs; /readyz 200 once every route has a ready replica
 
 Errors are mapped once, here, through common.errors (400 for a bad spec or request, 404 unknown path).
@@ -102,20 +103,27 @@ async def status(request: web.Request) -> web.Response:
         for replica in revision["replicas"]
     ]
     async with aiohttp.ClientSession(timeout=STATS_TIMEOUT) as http:
-        loads = await asyncio.gather(*(_in_flight(http, r.get("stats")) for r in replicas))
-    for replica, load in zip(replicas, loads, strict=True):
-        replica["in_flight"] = load
+        loads = await asyncio.gather(*(_load(http, r.get("stats")) for r in replicas))
+    for replica, (in_flight, average) in zip(replicas, loads, strict=True):
+        replica["in_flight"], replica["avg_concurrency"] = in_flight, average
     return json_response(report)
 
 
-async def _in_flight(http: aiohttp.ClientSession, stats: str | None) -> float | None:
+async def _load(http: aiohttp.ClientSession, stats: str | None) -> tuple[int | None, float | None]:
+    """A replica's requests in flight now and its average concurrency over the last second; None for each its
+    queue-proxy did not give."""
     if not stats:
-        return None
+        return None, None
     try:
         async with http.get(f"http://{stats}/", headers={"Accept": "application/json"}) as response:
-            return float((await response.json())["average_concurrent_requests"])
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
-        return None
+            doc = await response.json()
+        in_flight, average = doc.get("in_flight"), doc.get("average_concurrent_requests")
+        return (
+            int(in_flight) if isinstance(in_flight, (int, float)) else None,
+            float(average) if isinstance(average, (int, float)) else None,
+        )
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+        return None, None
 
 
 async def healthz(request: web.Request) -> web.Response:

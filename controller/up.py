@@ -199,24 +199,36 @@ def status(argv: Sequence[str]) -> int:
 
 
 def table(report: dict[str, Any]) -> str:
-    # AVG-CONCURRENCY: requests in flight averaged over the last second, summed over the revision's replicas (each
-    # queue-proxy's Knative stat, what the autoscaler will read); not a count at one instant
+    # IN-FLIGHT: requests in the revision's queue-proxies at the moment of the status call; AVG-CONCURRENCY: the
+    # same averaged over the last second (each queue-proxy's Knative stat, what the autoscaler will read); both
+    # summed over the revision's replicas
     # ROLLOUT: "latest" (the newest revision), "rolled-out" (the last to take 100 %: a canary's stable side), both,
     # or "retiring" (no traffic, draining)
-    rows = [("SERVICE", "COMPONENT", "REVISION", "TRAFFIC", "TAG", "ROLLOUT", "READY", "AVG-CONCURRENCY", "RESTARTS")]
+    rows = [
+        ("SERVICE", "COMPONENT", "REVISION", "TRAFFIC", "TAG", "ROLLOUT", "READY", "IN-FLIGHT", "AVG-CONCURRENCY",
+         "RESTARTS")
+    ]  # fmt: skip
     for service in report["services"]:
         name = f"{service['namespace']}/{service['name']}"
         for component, revisions in service["components"].items():
             for r in revisions:
                 replicas = r["replicas"]
                 ready = f"{sum(x['ready'] for x in replicas)}/{r['desired']}"
-                loads = [x.get("in_flight") for x in replicas if x.get("in_flight") is not None]
-                in_flight = f"{sum(loads):.1f}" if loads else "-"
+                in_flight = _summed(replicas, "in_flight", "{:d}")
+                average = _summed(replicas, "avg_concurrency", "{:.1f}")
                 restarts = str(sum(x["restarts"] for x in replicas))
-                traffic, tag = f"{r['percent']}%", r["tag"] or "-"
-                rows.append((name, component, r["revision"], traffic, tag, _rollout(r), ready, in_flight, restarts))
+                traffic, tag, rollout = f"{r['percent']}%", r["tag"] or "-", _rollout(r)
+                rows.append(
+                    (name, component, r["revision"], traffic, tag, rollout, ready, in_flight, average, restarts)
+                )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _summed(replicas: list[dict[str, Any]], key: str, form: str) -> str:
+    """``key`` summed over the replicas that reported it; "-" when none did."""
+    values = [x[key] for x in replicas if x.get(key) is not None]
+    return form.format(sum(values)) if values else "-"
 
 
 def _rollout(revision: dict[str, Any]) -> str:

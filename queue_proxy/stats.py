@@ -9,7 +9,9 @@ activator``) as proxied, which count in both the total and the proxied figures; 
 
 :class:`StatsReporter` cuts a report every period on the event loop, keeps the last one, and serves it on the
 stats port as Knative's ``Stat`` protobuf (``application/protobuf``, what Knative's autoscaler asks for and
-insists on), or as JSON with the same field names when the Accept header prefers ``application/json``.
+insists on), or as JSON with the same field names when the Accept header prefers ``application/json``; the JSON
+has one field of servelane's own beside them, ``in_flight``: the requests in the queue-proxy at the moment of the
+scrape (waiting for a slot or in the model server), which ``servelane status`` shows beside the averages.
 """
 
 from __future__ import annotations
@@ -182,7 +184,8 @@ class StatsReporter:
     async def _serve(self, request: Request) -> Response:
         stat = self._last
         if prefers_json(request.headers.get("Accept", "")):
-            body = orjson.dumps({name: getattr(stat, name) for name in JSON_FIELDS})
+            fields = {name: getattr(stat, name) for name in JSON_FIELDS}
+            body = orjson.dumps({**fields, "in_flight": self.stats.concurrency})
             return Response(200, [("Content-Type", "application/json")], body)
         return Response(200, [("Content-Type", PROTOBUF)], stat.SerializeToString())
 

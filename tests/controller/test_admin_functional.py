@@ -49,7 +49,7 @@ async def stats_server() -> AsyncIterator[str]:
     """A queue-proxy's stats port as the admin API reads it: JSON with the average concurrency."""
 
     async def stat(request: web.Request) -> web.Response:
-        return web.json_response({"average_concurrent_requests": 2.5, "request_count": 9.0})
+        return web.json_response({"average_concurrent_requests": 2.5, "request_count": 9.0, "in_flight": 3})
 
     app = web.Application()
     app.router.add_get("/", stat)
@@ -194,17 +194,17 @@ async def test_status_in_flight_is_each_replicas_average_concurrency(admin: Admi
     status, report = await admin.get("/v1/status")
     assert status == 200
     (revision,) = report["services"][0]["components"]["predictor"]
-    assert [r["in_flight"] for r in revision["replicas"]] == [2.5, 2.5]
-    assert "AVG-CONCURRENCY" in up.table(report).splitlines()[0]
-    assert up.table(report).splitlines()[1].split()[7] == "5.0"  # summed over the replicas
+    assert [(r["in_flight"], r["avg_concurrency"]) for r in revision["replicas"]] == [(3, 2.5), (3, 2.5)]
+    header, row = (line.split() for line in up.table(report).splitlines())
+    assert (header[7:9], row[7:9]) == (["IN-FLIGHT", "AVG-CONCURRENCY"], ["6", "5.0"])  # summed over the replicas
 
 
 async def test_status_in_flight_is_none_when_a_queue_proxy_does_not_answer(admin_without_stats: Admin, tmp_path):
     await admin_without_stats.apply(spec(tmp_path, 1))
     status, report = await admin_without_stats.get("/v1/status")
     (revision,) = report["services"][0]["components"]["predictor"]
-    assert status == 200 and [r["in_flight"] for r in revision["replicas"]] == [None]
-    assert up.table(report).splitlines()[1].split()[7] == "-"
+    assert status == 200 and [(r["in_flight"], r["avg_concurrency"]) for r in revision["replicas"]] == [(None, None)]
+    assert up.table(report).splitlines()[1].split()[7:9] == ["-", "-"]
 
 
 # -- the clients ----------------------------------------------------------------------------------------------------

@@ -100,8 +100,12 @@ async def test_make_run_stack_end_to_end(servelane_up):
 
     code, table, err = up.cli("status")
     assert code == 0, err
-    for text in ("sklearn-iris-predictor-00001", "sklearn-iris-transformer-00001", "100%", "1/1"):
+    for text in ("sklearn-iris-predictor-00001", "sklearn-iris-transformer-00001", "100%", "1/1", "IN-FLIGHT"):
         assert text in table
+    services = up.status()["services"]
+    replicas = [x for s in services for revisions in s["components"].values() for r in revisions for x in r["replicas"]]
+    # read from the real queue-proxies' stats ports: nothing in flight now, an average over the last second
+    assert [(x["in_flight"], type(x["avg_concurrency"])) for x in replicas] == [(0, float)] * len(replicas) != []
 
     await _gateway_that_dies_is_restarted(up)
     await _scrape(metrics_url)  # the restarted gateway serves its metrics where `up` said

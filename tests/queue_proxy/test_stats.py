@@ -167,6 +167,7 @@ async def test_stats_port_answers_json_when_asked(clock: FakeClock) -> None:
                 "request_count": 0.5,
                 "proxied_request_count": 0.5,
                 "process_uptime": 2.0,
+                "in_flight": 1,  # now, not averaged: the request is still in
             }
 
 
