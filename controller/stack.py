@@ -42,8 +42,10 @@ class Stack:
         domain: str,
         log_dir: Path | None,
         metrics_port: int,
+        names: tuple[str, ...] = (),
     ) -> None:
         self.host, self.port, self.grpc_port, self.domain = host, port, grpc_port, domain
+        self.names = names  # the gateway's --name values
         # the gateway's Prometheus port, chosen here when asked for any (0) as its admin port is: a gateway that is
         # restarted comes back on it, so the URL `up` prints stays the one to scrape
         self.metrics_port = metrics_port or free_port()
@@ -96,6 +98,7 @@ class Stack:
             self.domain,
             "--controller",
             f"http://127.0.0.1:{self.admin_port}",
+            *(arg for name in self.names for arg in ("--name", name)),
         ]
 
     async def _start_gateway(self) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 from common import logs
 from common.lifecycle import run_service
 from controller.spec import InferenceServiceSpec, SpecError, load_paths, yaml_files
+from gateway.config import check_name
 
 DEFAULT_ADMIN = "http://127.0.0.1:8090"
 EXAMPLE_ANNOTATION = "servelane.dev/example-request"
@@ -49,6 +50,9 @@ def up_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=9092, help="gateway Prometheus /metrics port (0: any free port)")
     p.add_argument("--admin-port", type=int, default=8090, help="controller admin API port (apply, status)")
     p.add_argument("--domain", default="example.com")
+    p.add_argument("--name", dest="names", action="append", default=[],
+                   help="another name of the gateway, routed by model like localhost; host:port: with that port "
+                        "only, as a container runtime publishes it (repeatable)")  # fmt: skip
     p.add_argument("--log-dir", type=Path, help="where every process writes its log (default: a temporary folder)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -61,6 +65,11 @@ def up(argv: Sequence[str]) -> int:
         parser.error("--port and --grpc-port must be real ports (the transformers are told them); --grpc-port -1: none")
     if not 0 <= args.metrics_port < 65536:
         parser.error("--metrics-port must be a port number (0: any free port)")
+    for name in args.names:
+        try:
+            check_name(name)
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         specs = load_paths(args.paths)
     except SpecError as exc:
@@ -87,6 +96,7 @@ async def _up(
         port=args.port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
+        names=tuple(args.names),
         admin_port=args.admin_port,
         domain=args.domain,
         log_dir=args.log_dir,

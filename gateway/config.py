@@ -39,11 +39,16 @@ class GatewayConfig:
             if not (0 <= getattr(self, name) <= 65535 or (name == "grpc_port" and self.grpc_port == -1)):
                 raise ValueError(f"{name} must be a port number (0: any free port)")
         for given in self.names:
-            name, colon, port = given.rpartition(":") if given.count(":") == 1 else ("", "", "")
-            if colon and (not name or not port.isdigit() or not 0 < int(port) <= 65535):
-                raise ValueError(f"--name {given!r}: give a host name, or host:port with a port number")
+            check_name(given)
         for name in ("poll_interval", "controller_wait", "max_backoff"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.grace_period < 0 or self.max_message_bytes <= 0:
             raise ValueError("grace period must be >= 0 and the message limit > 0")
+
+
+def check_name(given: str) -> None:
+    """Refuses a ``--name`` that is neither a host name nor ``host:port`` with a real port (ValueError)."""
+    name, colon, port = given.rpartition(":") if given.count(":") == 1 else ("", "", "")
+    if colon and (not name or not port.isdigit() or not 0 < int(port) <= 65535):
+        raise ValueError(f"--name {given!r}: give a host name, or host:port with a port number")

@@ -90,3 +90,16 @@ def test_a_metrics_port_that_is_not_one_is_refused(tmp_path: Path, capsys, port:
         up.up([str(tmp_path), "--metrics-port", port])
     assert exited.value.code == 2
     assert "--metrics-port must be a port number (0: any free port)" in capsys.readouterr().err
+
+
+async def test_names_go_to_the_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    _, made = await run_up(tmp_path, monkeypatch, capsys, "--name", "localhost:9000", "--name", "gw.lan")
+    argv = made._gateway_argv()
+    assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "--name"] == ["localhost:9000", "gw.lan"]
+
+
+def test_a_name_with_a_port_that_is_not_one_is_refused(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        up.up([str(tmp_path), "--name", "localhost:http"])
+    assert exited.value.code == 2
+    assert "--name 'localhost:http': give a host name, or host:port with a port number" in capsys.readouterr().err
