@@ -11,6 +11,9 @@ Cases (``<path>@c<concurrency>``, at 1 and 16), each POSTing KServe's V1 body
 * ``qp-predictor``: the predictor replica's queue-proxy (queue-proxy → predictor);
 * ``relay-predictor``: :mod:`bench.py_relay` in the gateway's place (relay → queue-proxy → predictor), the least
   a Python hop on uvloop can do there (bytes passed as they came): the floor for the gateway's own cost;
+* ``lean-predictor``: :mod:`bench.py_lean_hop` there, with the predictor's Host: the gateway's per-request work
+  (Host routing, Knative and forwarding headers, request id, Server-Timing, outcome counts) on raw bytes, in
+  about five Python calls: what the gateway could cost with a fast lane that touched that little code;
 * ``gateway-predictor``: the gateway with ``Host: sklearn-iris-predictor.default.example.com``
   (gateway → queue-proxy → predictor);
 * ``full``: the gateway by model name, as a user calls it (gateway → queue-proxy → transformer → gateway →
@@ -18,18 +21,19 @@ Cases (``<path>@c<concurrency>``, at 1 and 16), each POSTing KServe's V1 body
 
 A probe checks each path's answer first: class indices ``[1, 1]`` from the predictor paths, ``["versicolor",
 "versicolor"]`` on the full path. Server CPU (``srv``) is the process the load talks to; beside it, every process
-on the case's path has its own column of CPU per request: ``relay``, ``gateway``, ``trans-qp`` and ``trans-ms`` (the
-transformer's queue-proxy and model server), ``pred-qp`` and ``pred-ms`` (the predictor's); in the ``predictor``
-row ``pred-ms`` is the standalone predictor. The processes are found below ``up`` in /proc by command line: the
-queue-proxy whose ``--port`` is a replica's address in the controller's /v1/status, the model server whose
-``--http-port`` is that queue-proxy's ``--upstream``. On the full path ``gateway`` counts both passes through it.
+on the case's path has its own column of CPU per request: ``relay``, ``lean``, ``gateway``, ``trans-qp`` and
+``trans-ms`` (the transformer's queue-proxy and model server), ``pred-qp`` and ``pred-ms`` (the predictor's); in
+the ``predictor`` row ``pred-ms`` is the standalone predictor. The processes are found below ``up`` in /proc by
+command line: the queue-proxy whose ``--port`` is a replica's address in the controller's /v1/status, the model
+server whose ``--http-port`` is that queue-proxy's ``--upstream``. On the full path ``gateway`` counts both passes
+through it.
 
 Ratios (issue 5's targets; each computed within a repeat, median over repeats): the queue-proxy's added p50 at c1
 (qp-predictor - predictor, <= 0.15 ms) and the gateway's (gateway-predictor - qp-predictor, <= 0.15 ms), the
 same at c16 for information; the gateway's CPU per request (in gateway-predictor) and the predictor queue-proxy's
 (in qp-predictor) at c1 and c16 (<= 100 us each), and for information the two side by side in one chain (both in
 gateway-predictor: the queue-proxy's CPU there, and gateway / queue-proxy) and the gateway against the bare
-relay in its place (relay-predictor: its added p50 and CPU, and gateway / relay); the full path's p50 and rps against
+relay and the lean hop in its place (their added p50 and CPU, and gateway / each); the full path's p50 and rps against
 the predictor alone's, and the CPU per request of every process on the full path.
 
 After the load, a few hundred sequential requests through the full path and through gateway-predictor give each
@@ -67,13 +71,14 @@ PREDICTOR_HOST = "sklearn-iris-predictor.default.example.com"  # KServe's compon
 BODY = json.dumps({"instances": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}).encode()
 CLASSES, SPECIES = [1, 1], ["versicolor", "versicolor"]
 CONCURRENCIES = (1, 16)
-PATHS = ("predictor", "qp-predictor", "relay-predictor", "gateway-predictor", "full")
+PATHS = ("predictor", "qp-predictor", "relay-predictor", "lean-predictor", "gateway-predictor", "full")
 KEYS = [f"{path}@c{c}" for c in CONCURRENCIES for path in PATHS]  # side by side: every path at one concurrency
-HOPS = ("relay", "gateway", "trans-qp", "trans-ms", "pred-qp", "pred-ms")
+HOPS = ("relay", "lean", "gateway", "trans-qp", "trans-ms", "pred-qp", "pred-ms")
 ON_PATH = {
     "predictor": ("pred-ms",),
     "qp-predictor": ("pred-qp", "pred-ms"),
     "relay-predictor": ("relay", "pred-qp", "pred-ms"),
+    "lean-predictor": ("lean", "pred-qp", "pred-ms"),
     "gateway-predictor": ("gateway", "pred-qp", "pred-ms"),
     "full": ("gateway", "trans-qp", "trans-ms", "pred-qp", "pred-ms"),
 }
@@ -91,7 +96,8 @@ class Stack:
     qp_port: int  # the predictor replica's queue-proxy
     alone_port: int  # the standalone predictor
     relay_port: int  # bench.py_relay in front of the predictor replica's queue-proxy
-    pids: dict[str, int]  # hop -> pid, "alone" -> the standalone predictor, "relay" -> the relay
+    lean_port: int  # bench.py_lean_hop there
+    pids: dict[str, int]  # hop -> pid, "alone" -> the standalone predictor, "relay" and "lean" -> the floors
     notes: list[str] = field(default_factory=list)
 
 
@@ -166,11 +172,15 @@ def serving(work: Path) -> Iterator[Stack]:
             pids, ports = find_hops(up.pid, json.loads(response.read()))
         with (
             standalone(command_lines(up.pid)[pids["pred-ms"]]) as (alone, alone_port, args),
-            relaying(ports["predictor"]) as (relay, relay_port),
+            floor("bench.py_relay", ports["predictor"]) as (relay, relay_port),
+            floor(
+                "bench.py_lean_hop", ports["predictor"], PREDICTOR_HOST, "sklearn-iris-predictor-00001",
+                host=PREDICTOR_HOST,
+            ) as (lean, lean_port),
         ):
             notes.append(f"predictor alone: python -m model_server {' '.join(args)}")
-            pids |= {"alone": alone.pid, "relay": relay.pid}
-            yield Stack(port, ports["predictor"], alone_port, relay_port, pids, notes)
+            pids |= {"alone": alone.pid, "relay": relay.pid, "lean": lean.pid}
+            yield Stack(port, ports["predictor"], alone_port, relay_port, lean_port, pids, notes)
     finally:
         below = up.descendants() if up.proc is not None and up.proc.poll() is None else []
         code = up.stop(STOP_TIMEOUT)
@@ -185,16 +195,17 @@ def serving(work: Path) -> Iterator[Stack]:
 
 
 @contextlib.contextmanager
-def relaying(upstream: int) -> Iterator[tuple[ServiceProcess, int]]:
-    """bench.py_relay, the least a Python hop on uvloop can do, in front of ``upstream`` (the predictor replica's
-    queue-proxy): in the gateway's place on the path, the floor for the gateway's own cost there."""
+def floor(module: str, upstream: int, *args: str, host: str | None = None) -> Iterator[tuple[ServiceProcess, int]]:
+    """A floor hop (:mod:`bench.py_relay`, :mod:`bench.py_lean_hop`) in front of ``upstream`` (the predictor
+    replica's queue-proxy): in the gateway's place on the path, what a Python hop costs there. Ready once the
+    predictor's health answers through it (with ``Host: host`` when it routes by host)."""
     port = free_port()
-    relay = ServiceProcess("bench.py_relay", str(port), str(upstream)).start()
+    hop = ServiceProcess(module, str(port), str(upstream), *args).start()
     try:
-        relay.wait_http(f"http://{HOST}:{port}/v2/health/ready", timeout=30)
-        yield relay, port
+        hop.wait_http(f"http://{HOST}:{port}/v2/health/ready", timeout=30, host=host)
+        yield hop, port
     finally:
-        relay.stop()
+        hop.stop()
 
 
 @contextlib.contextmanager
@@ -228,6 +239,9 @@ def requests(stack: Stack) -> dict[str, HttpRequest]:
         "predictor": HttpRequest(f"http://{HOST}:{stack.alone_port}{url}", BODY, (json_type,)),
         "qp-predictor": HttpRequest(f"http://{HOST}:{stack.qp_port}{url}", BODY, (json_type,)),
         "relay-predictor": HttpRequest(f"http://{HOST}:{stack.relay_port}{url}", BODY, (json_type,)),
+        "lean-predictor": HttpRequest(
+            f"http://{HOST}:{stack.lean_port}{url}", BODY, (json_type, ("Host", PREDICTOR_HOST))
+        ),
         "gateway-predictor": HttpRequest(
             f"http://{HOST}:{stack.gateway_port}{url}", BODY, (json_type, ("Host", PREDICTOR_HOST))
         ),
@@ -244,7 +258,7 @@ def check(expected: list) -> Check:
 
 
 def entry_pid(stack: Stack, path: str) -> int:
-    entries = {"predictor": "alone", "qp-predictor": "pred-qp", "relay-predictor": "relay"}
+    entries = {"predictor": "alone", "qp-predictor": "pred-qp", "relay-predictor": "relay", "lean-predictor": "lean"}
     return stack.pids[entries.get(path, "gateway")]
 
 
@@ -282,7 +296,7 @@ def ratios(run: dict[str, Measurement]) -> list[Ratio]:
     out = []
     for c in CONCURRENCIES:
         target = "<= 0.15" if c == 1 else ""
-        pred, qp, relay, gw, full = (f"{path}@c{c}" for path in PATHS)
+        pred, qp, relay, lean, gw, full = (f"{path}@c{c}" for path in PATHS)
         if {pred, qp} <= run.keys():
             out.append(diff(f"queue-proxy c{c}: added p50, qp-predictor - predictor, ms", qp, pred, "p50_ms", target))
         if {qp, gw} <= run.keys():
@@ -290,6 +304,9 @@ def ratios(run: dict[str, Measurement]) -> list[Ratio]:
         if {qp, relay} <= run.keys():
             name = f"bare Python relay c{c}: added p50, relay-predictor - qp-predictor, ms"
             out.append(diff(name, relay, qp, "p50_ms"))
+        if {qp, lean} <= run.keys():
+            name = f"lean Python hop c{c}: added p50, lean-predictor - qp-predictor, ms"
+            out.append(diff(name, lean, qp, "p50_ms"))
     for c in CONCURRENCIES:
         if f"gateway-predictor@c{c}" in run:
             out.append(
@@ -318,17 +335,20 @@ def ratios(run: dict[str, Measurement]) -> list[Ratio]:
                     None if gateway is None or not queue_proxy else gateway / queue_proxy,
                 )
             )
-        relay_case = f"relay-predictor@c{c}"
-        if relay_case in run:
-            # the floor for a Python hop in the gateway's place: bench.py_relay passes bytes, nothing more
-            relay = get(relay_case, "relay")
-            out.append(Ratio(f"bare Python relay c{c}: CPU us/req (relay-predictor)", relay))
+        # the floors for a Python hop in the gateway's place: bench.py_relay passes bytes, nothing more;
+        # bench.py_lean_hop does the gateway's per-request work on raw bytes
+        for floor_path, hop, what in (("relay-predictor", "relay", "bare Python relay"),
+                                      ("lean-predictor", "lean", "lean Python hop")):  # fmt: skip
+            if f"{floor_path}@c{c}" not in run:
+                continue
+            cost = get(f"{floor_path}@c{c}", hop)
+            out.append(Ratio(f"{what} c{c}: CPU us/req ({floor_path})", cost))
             if f"gateway-predictor@c{c}" in run:
                 gateway = get(f"gateway-predictor@c{c}", "gateway")
                 out.append(
                     Ratio(
-                        f"gateway / bare Python relay c{c}: CPU per request, same place on the path",
-                        None if gateway is None or not relay else gateway / relay,
+                        f"gateway / {what} c{c}: CPU per request, same place on the path",
+                        None if gateway is None or not cost else gateway / cost,
                     )
                 )
     for c in CONCURRENCIES:

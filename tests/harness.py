@@ -70,15 +70,17 @@ class ServiceProcess:
     def output(self) -> str:
         return Path(self._log.name).read_text(errors="replace")
 
-    def wait_http(self, url: str, timeout: float = 30.0) -> None:
-        """Wait until GET url answers 200; fail with the process output if it exits or time runs out."""
+    def wait_http(self, url: str, timeout: float = 30.0, host: str | None = None) -> None:
+        """Wait until GET url (with ``Host: host`` when given) answers 200; fail with the process output if it exits
+        or time runs out."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self!r} exited early:\n{self.output()}")
             try:
-                with urllib.request.urlopen(url, timeout=1) as response:
+                request = urllib.request.Request(url, headers={"Host": host} if host else {})
+                with urllib.request.urlopen(request, timeout=1) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
