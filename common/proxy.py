@@ -31,14 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from common.errors import ServelaneError, UpstreamError, UpstreamTimeout
 from common.httpserver import Request, Response
-from common.upstream import UpstreamPool, UpstreamResponse, _Connection, _head
+from common.upstream import UpstreamPool, UpstreamResponse, _Connection, _head, field_pattern
 
 HOP_BY_HOP = frozenset(
     {
@@ -57,7 +58,12 @@ HOP_BY_HOP = frozenset(
 TIMEOUT_MESSAGE = "request timeout"
 SWEEP_SECONDS = 0.05  # how often the relays' deadlines are checked: a relay's timeout fires at most this late
 _SKIP_OUT_RAW = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "expect"})  # framed again
-_SKIP_BACK_RAW = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "server-timing"})
+# the response fields response_head acts on: dropped (hop-by-hop), or taken out and set again
+# a client's own forwarding fields (besides X-Forwarded-For): with any of them, upstream_headers extends them
+_FORWARDING_IN = frozenset({b"forwarded", b"x-forwarded-proto", b"x-forwarded-host"})
+_BACK_NAMES = tuple(sorted(HOP_BY_HOP | {"content-length", "server-timing"}))
+_BACK_KEPT = frozenset({b"content-length", b"server-timing"})  # set again whatever the Connection header names
+_EVENT_STREAM = re.compile(rb"^content-type[ \t]*:[ \t]*text/event-stream", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +141,7 @@ class ProxyClient:
                 )
                 deadline.response_started()
                 timing = _hop_timing(self.hop, started, timings)
-                block, size, stream = response_head(answer.raw, timing, reply_headers, head_only=answer.head_only)
+                block, size, stream = response_head(answer.head, timing, reply_headers, head_only=answer.head_only)
                 if answer.complete or (size is not None and size <= self.buffer_limit and not stream):
                     return Response(answer.status, (), await answer.read(), local=False, block=block)
                 await _stream(request, answer, block, size, deadline)
@@ -302,7 +308,7 @@ class Relay:
     # -- the upstream's Listener -------------------------------------------------------------------------------
     def on_head(self, answer: UpstreamResponse) -> None:
         timing = _hop_timing(self._client.hop, self._started, self._timings)
-        self._block, size, stream = response_head(answer.raw, timing, self._reply_headers, head_only=answer.head_only)
+        self._block, size, stream = response_head(answer.head, timing, self._reply_headers, head_only=answer.head_only)
         timeouts = self._timeouts
         if timeouts.response_start is not None or timeouts.idle is not None:
             self._arm(timeouts.idle)
@@ -492,6 +498,11 @@ def upstream_headers(
         lines.append(b"%b: %b\r\n" % (name, value))
     remote, scheme = request.remote or "", request.scheme
     own_host = fields.get(b"host", b"")
+    if not chain and connection is None and fields.keys().isdisjoint(_FORWARDING_IN):
+        # nearly every request: no forwarding fields of the client's to extend, so the lines depend on the
+        # connection and the Host alone
+        lines.append(_own_forwarding(remote, scheme, own_host))
+        return b"".join(lines)
     # the client's forwarding fields count unless the Connection header (or ``drop``) took them out
     forwarded_proto = None if b"x-forwarded-proto" in special else fields.get(b"x-forwarded-proto")
     forwarded_host = None if b"x-forwarded-host" in special else fields.get(b"x-forwarded-host")
@@ -507,6 +518,19 @@ def upstream_headers(
         lines.append(b"X-Forwarded-Proto: %b\r\n" % scheme.encode("latin-1"))
     if forwarded_host is None and own_host:
         lines.append(b"X-Forwarded-Host: %b\r\n" % own_host)
+    return b"".join(lines)
+
+
+@functools.lru_cache(maxsize=256)
+def _own_forwarding(remote: str, scheme: str, host: bytes) -> bytes:
+    """The forwarding lines of a request that came with none: ``Forwarded`` and ``X-Forwarded-For/Proto/Host`` from
+    this connection and its Host (the same few each time: a client sends one Host over its connection)."""
+    lines = [
+        b"Forwarded: %b\r\n" % forwarded("", remote, scheme, host.decode("latin-1")).encode("latin-1"),
+        b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\n" % (remote.encode("latin-1"), scheme.encode("latin-1")),
+    ]
+    if host:
+        lines.append(b"X-Forwarded-Host: %b\r\n" % host)
     return b"".join(lines)
 
 
@@ -547,50 +571,45 @@ def _node(address: str) -> str:
 
 
 def response_head(
-    raw: Iterable[tuple[bytes, bytes]], timing: str, extra: Mapping[str, str] | None = None, *, head_only: bool = False
+    head: bytes, timing: str, extra: Mapping[str, str] | None = None, *, head_only: bool = False
 ) -> tuple[bytes, int | None, bool]:
-    """An upstream's response header fields (undecoded) as the client should get them, in one pass: hop-by-hop
-    ones gone (and those its Connection header names), the length left for the server to set again (kept, for
-    the answer to a HEAD, which has no body to measure), this hop's ``timing`` appended to ``Server-Timing``, and
-    ``extra`` replacing any field of the same name. Returns the header lines, encoded, with the upstream's
-    Content-Length (None if it sent none) and whether the body is a server-sent event stream."""
-    skip = _SKIP_BACK_RAW if not extra else _skip_back(tuple(extra))
-    lines: list[bytes] = []
-    names: list[bytes] = []
-    timings: list[bytes] = []
+    """An upstream's response header lines (``Name: value\\r\\n`` each, undecoded) as the client should get them:
+    hop-by-hop ones gone (and those its Connection header names), the length left for the server to set again
+    (kept, for the answer to a HEAD, which has no body to measure), this hop's ``timing`` appended to
+    ``Server-Timing``, and ``extra`` replacing any field of the same name. Returns the header lines, with the
+    upstream's Content-Length (None if it sent none) and whether the body is a server-sent event stream.
+
+    The fields it acts on are found and cut by one pattern, in C; every other line is passed on as it came."""
+    special = field_pattern(_BACK_NAMES if not extra else _back_names(tuple(extra)))
     length: int | None = None
-    stream = False
-    named: frozenset[bytes] = frozenset()
-    for name, value in raw:
-        lower = name.lower()
-        if lower in skip:
+    timings: list[bytes] = []
+    fields = special.findall(head)
+    if fields:
+        head = special.sub(b"", head)
+        for name, value in fields:
+            lower = name.lower()
             if lower == b"server-timing":
                 timings.append(value)
             elif lower == b"content-length":
                 length = int(value) if value.isdigit() else None
                 if head_only and length is not None:
-                    lines.append(b"Content-Length: %d\r\n" % length)
-                    names.append(lower)
+                    head += b"Content-Length: %d\r\n" % length
             elif lower == b"connection":
-                named = _connection_tokens(value)
-            continue
-        if lower == b"content-type" and value.startswith(b"text/event-stream"):
-            stream = True
-        lines.append(b"%b: %b\r\n" % (name, value))
-        names.append(lower)
-    if named:
-        lines = [line for line, lower in zip(lines, names) if lower not in named]
+                named = _connection_tokens(value) - _BACK_KEPT
+                if named:
+                    head = field_pattern(tuple(sorted(n.decode("latin-1") for n in named))).sub(b"", head)
+    stream = _EVENT_STREAM.search(head) is not None
     timings.append(timing.encode("latin-1"))
-    lines.append(b"Server-Timing: %b\r\n" % b", ".join(timings))
+    head += b"Server-Timing: %b\r\n" % b", ".join(timings)
     if extra:
-        lines.extend(f"{key}: {value}\r\n".encode("latin-1") for key, value in extra.items())
-    return b"".join(lines), length, stream
+        head += "".join([f"{key}: {value}\r\n" for key, value in extra.items()]).encode("latin-1")
+    return head, length, stream
 
 
 @functools.lru_cache(maxsize=64)
-def _skip_back(replaced: tuple[str, ...]) -> frozenset[bytes]:
+def _back_names(replaced: tuple[str, ...]) -> tuple[str, ...]:
     """The response fields not passed back when a hop sets ``replaced`` itself (the same few names every time)."""
-    return _SKIP_BACK_RAW | {key.lower().encode("latin-1") for key in replaced}
+    return tuple(sorted(set(_BACK_NAMES) | {key.lower() for key in replaced}))
 
 
 def _hop_timing(hop: str, started: float, extra: Mapping[str, float] | None) -> str:

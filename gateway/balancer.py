@@ -71,7 +71,11 @@ class LeastOutstanding:
         return f"<LeastOutstanding outstanding={busy}>"
 
     def acquire(self, revision: Revision, protocol: Kind = "http") -> Lease:
-        candidates = [e for e in revision.endpoints if e.ready and (protocol == "http" or e.grpc)]
+        endpoints = revision.endpoints
+        if len(endpoints) == 1 and endpoints[0].ready and protocol == "http":  # one replica: no choice to make
+            candidates = [endpoints[0]]
+        else:
+            candidates = [e for e in endpoints if e.ready and (protocol == "http" or e.grpc)]
         if not candidates:
             kind = "" if protocol == "http" else " with a gRPC port"
             raise Unavailable(f"no ready replica{kind} for revision {revision.name}")

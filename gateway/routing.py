@@ -170,8 +170,11 @@ class RoutingTable:
                     f"no revision takes traffic for {destination.component} of "
                     f"{destination.namespace}/{destination.service}"
                 )
-            draw = self._rng.randrange(100)
-            name = next((revision for bound, revision in split if draw < bound), split[-1][1])
+            if len(split) == 1:  # one revision takes it all (no canary): nothing to draw
+                name = split[0][1]
+            else:
+                draw = self._rng.randrange(100)
+                name = next((revision for bound, revision in split if draw < bound), split[-1][1])
         return self.revisions[name]
 
     def route(self, host: str | None, path: str, tag: str | None = None) -> Revision:

@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 
 from common.httpserver import Request
-from common.proxy import SWEEP_SECONDS, Deadlines, upstream_headers
+from common.proxy import SWEEP_SECONDS, Deadlines, response_head, upstream_headers
 
 
 def request(*fields: tuple[str, str]) -> Request:
@@ -59,6 +59,51 @@ def test_forwarding_fields_the_connection_header_names_are_replaced_not_trusted(
         "X-Forwarded-Proto: http",
         "X-Forwarded-Host: h",
     ]
+
+
+def test_a_request_with_no_forwarding_fields_gets_them_from_its_connection_and_host():
+    # the common case, whose forwarding lines are made once per connection and Host
+    for _ in range(2):
+        block = upstream_headers(request(("Host", "m.example.com"), ("Content-Length", "2"), ("X-Request-Id", "a")))
+        assert lines(block) == [
+            "Host: m.example.com",
+            "X-Request-Id: a",
+            "Forwarded: for=10.0.0.9;host=m.example.com;proto=http",
+            "X-Forwarded-For: 10.0.0.9",
+            "X-Forwarded-Proto: http",
+            "X-Forwarded-Host: m.example.com",
+        ]
+    assert lines(upstream_headers(request(("Accept", "*/*")))) == [
+        "Accept: */*",
+        "Forwarded: for=10.0.0.9;proto=http",
+        "X-Forwarded-For: 10.0.0.9",
+        "X-Forwarded-Proto: http",
+    ]
+
+
+def test_response_head_drops_hop_fields_sets_server_timing_and_replaces_the_hops_own():
+    head = (
+        b"Content-Type: application/json\r\nCONNECTION: keep-alive, X-Secret\r\nx-secret: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nserver-timing: predict;dur=1.0\r\nContent-Length: 19\r\n"
+        b"Server-Timing:  queue-proxy;dur=2.0 \r\nX-Request-Id: from-upstream\r\nX-Other:  kept as sent\r\n"
+    )
+    block, length, stream = response_head(head, "gateway;dur=3.000", {"X-Request-Id": "mine"})
+    assert (length, stream) == (19, False)
+    assert lines(block) == [
+        "Content-Type: application/json",
+        "X-Other:  kept as sent",
+        "Server-Timing: predict;dur=1.0, queue-proxy;dur=2.0, gateway;dur=3.000",
+        "X-Request-Id: mine",
+    ]
+
+
+def test_response_head_of_a_head_answer_keeps_its_length_and_spots_event_streams():
+    block, length, stream = response_head(b"Content-Length: 7\r\n", "qp;dur=1", head_only=True)
+    assert length == 7 and lines(block) == ["Content-Length: 7", "Server-Timing: qp;dur=1"]
+    block, length, stream = response_head(b"content-type: Text/Event-Stream; charset=utf-8\r\n", "qp;dur=1")
+    assert (length, stream) == (None, True)
+    assert response_head(b"Content-Length: x\r\nX-Note: text/event-stream\r\n", "qp;dur=1")[1:] == (None, False)
+    assert lines(response_head(b"", "qp;dur=1")[0]) == ["Server-Timing: qp;dur=1"]
 
 
 class Watched:

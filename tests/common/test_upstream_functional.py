@@ -92,3 +92,35 @@ async def test_refused_connection_raises_oserror():
     pool = UpstreamPool("127.0.0.1", free_port())
     with pytest.raises(ConnectionRefusedError):
         await pool.request("GET", "/", [("Host", "x")], None, None)
+
+
+async def test_an_interim_answer_before_the_response_leaves_only_the_final_head():
+    """1xx heads (here 103 Early Hints) before the real one, in the same read as it or apart from it, split inside
+    the final head too: the response has the final status, its fields only, and its body."""
+    final = b"HTTP/1.1 200 OK\r\nX-Final: yes\r\nContent-Length: 2\r\n\r\nok"
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    ways = [
+        [interim + final], [interim, final], [interim + final[:20], final[20:]], [interim[:30], interim[30:] + final]
+    ]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for pieces in ways:
+            await reader.readuntil(b"\r\n\r\n")
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.01)
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        for _ in ways:  # one kept-alive connection for all four
+            response = await pool.request("GET", "/", [("Host", "x")], None, None)
+            assert (response.status, response.header("x-final"), response.header("link")) == (200, "yes", None)
+            assert response.head == b"X-Final: yes\r\nContent-Length: 2\r\n" and await response.read() == b"ok"
+            response.release()
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
