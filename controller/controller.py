@@ -9,10 +9,12 @@ What applying a spec does, per component (predictor, transformer, explainer)::
                                 canary never becomes it, so a spec applied mid-canary splits against the same one
     traffic                     the latest revision once it is ready; until then the rolled-out one, else the last
                                 ready one (so a re-apply switches only when the new revision can take requests:
-                                none fail, and an earlier canary stops at once); with canaryTrafficPercent P and a
-                                rolled-out revision, a ready latest gets P % and the rolled-out one the rest (all of
-                                it goes to the latest while the rolled-out one is not ready); tags "latest" and
-                                "prev" name them (KServe's tags), a revision at 0 % keeps its tag
+                                none fail); with canaryTrafficPercent P and a rolled-out revision, a ready latest
+                                gets P % and the rolled-out one the rest (all of it goes to the latest while the
+                                rolled-out one is not ready), and while the latest starts, an earlier canary that is
+                                ready keeps its P % (as Knative's latestRevision target, the latest ready one); tags
+                                "latest" and "prev" name the latest and the rolled-out revision (KServe's tags), a
+                                revision at 0 % keeps its tag
     retired revisions           scaled to 0 once no traffic points at them: the routing state without them is
                                 published first, then their queue-proxies drain
 
@@ -348,11 +350,31 @@ def _traffic(component: ComponentRecord, ready: Callable[[str], bool]) -> tuple[
         share = canary if ready(stable.name) else 100  # a stable side that is restarting keeps its tag at 0 %
         return (Target(stable.name, 100 - share, "prev"), Target(latest.name, share, "latest"))
     if stable is not None and ready(stable.name):
+        serving = None if canary in (None, 0, 100) else _serving_canary(component, stable, ready)
+        if serving is not None and canary is not None:  # an earlier canary keeps its share until the latest is ready
+            return (
+                Target(stable.name, 100 - canary, "prev"),
+                Target(serving.name, canary),
+                Target(latest.name, 0, "latest"),
+            )
         return (Target(stable.name, 100, "prev"), Target(latest.name, 0, "latest"))
     previous = [r for r in component.revisions[:-1] if ready(r.name) and not r.retired]
     if not previous:
         return (Target(latest.name, 100, "latest"),)
     return (Target(previous[-1].name, 100, "prev"), Target(latest.name, 0, "latest"))
+
+
+def _serving_canary(
+    component: ComponentRecord, stable: RevisionRecord, ready: Callable[[str], bool]
+) -> RevisionRecord | None:
+    """The newest ready revision between the rolled-out one and the latest: an earlier canary, still serving while
+    the latest starts (Knative's ``latestRevision`` target follows the latest *ready* revision); None if none."""
+    for revision in reversed(component.revisions[:-1]):
+        if revision is stable:
+            return None
+        if not revision.retired and ready(revision.name):
+            return revision
+    return None
 
 
 def _same_routes(a: RoutingState, b: RoutingState) -> bool:

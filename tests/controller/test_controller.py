@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from collections import Counter
 
 import pytest
 
 from controller import up
 from controller.controller import Controller
 from controller.spec import SpecError
+from gateway.routing import Identity, RoutingTable
 from tests.controller.scripted import GATEWAY, ScriptedScaler, spec
 
 
@@ -104,7 +107,21 @@ async def test_a_spec_applied_mid_canary_splits_against_the_rolled_out_revision_
     assert traffic(controller) == [("adder-predictor-00001", 90, "prev"), ("adder-predictor-00002", 10, "latest")]
     applied = await apply(controller, spec(tmp_path, 3, canary=10))
     assert applied[0].created == ("adder-predictor-00003",)
+    # while revision 3 starts, the canary it replaces keeps its 10 % (Knative: the latest ready revision)
+    assert traffic(controller) == [
+        ("adder-predictor-00001", 90, "prev"),
+        ("adder-predictor-00002", 10, None),
+        ("adder-predictor-00003", 0, "latest"),
+    ]
+    table = RoutingTable(controller.state, Identity.of("127.0.0.1", (8080,)), rng=random.Random(3))
+    picks = Counter(table.route("adder-predictor.default.example.com", "/").name for _ in range(1000))
+    assert set(picks) == {"adder-predictor-00001", "adder-predictor-00002"}  # the gateway splits 90/10 between them
+    assert 60 <= picks["adder-predictor-00002"] <= 140
+    await settle()
+    assert ("adder-predictor-00002", 0) not in scaler.calls
+    scaler.ready("adder-predictor-00002", False)  # and gives it back when it stops being ready
     assert traffic(controller) == [("adder-predictor-00001", 100, "prev"), ("adder-predictor-00003", 0, "latest")]
+    scaler.ready("adder-predictor-00002")
     scaler.ready("adder-predictor-00003")
     assert traffic(controller) == [("adder-predictor-00001", 90, "prev"), ("adder-predictor-00003", 10, "latest")]
     await settle()
