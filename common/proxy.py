@@ -61,6 +61,7 @@ _SKIP_OUT_RAW = frozenset(name.encode() for name in HOP_BY_HOP | {"content-lengt
 # the response fields response_head acts on: dropped (hop-by-hop), or taken out and set again
 # a client's own forwarding fields (besides X-Forwarded-For): with any of them, upstream_headers extends them
 _FORWARDING_IN = frozenset({b"forwarded", b"x-forwarded-proto", b"x-forwarded-host"})
+_HOST_CACHED = 255  # bytes: a longer Host (no DNS name is) is not kept, so the cache stays small whatever clients send
 _BACK_NAMES = tuple(sorted(HOP_BY_HOP | {"content-length", "server-timing"}))
 _BACK_KEPT = frozenset({b"content-length", b"server-timing"})  # set again whatever the Connection header names
 _EVENT_STREAM = re.compile(rb"^content-type[ \t]*:[ \t]*text/event-stream", re.IGNORECASE | re.MULTILINE)
@@ -501,7 +502,8 @@ def upstream_headers(
     if not chain and connection is None and fields.keys().isdisjoint(_FORWARDING_IN):
         # nearly every request: no forwarding fields of the client's to extend, so the lines depend on the
         # connection and the Host alone
-        lines.append(_own_forwarding(remote, scheme, own_host))
+        make = _own_forwarding if len(own_host) <= _HOST_CACHED else _own_forwarding.__wrapped__
+        lines.append(make(remote, scheme, own_host))
         return b"".join(lines)
     # the client's forwarding fields count unless the Connection header (or ``drop``) took them out
     forwarded_proto = None if b"x-forwarded-proto" in special else fields.get(b"x-forwarded-proto")

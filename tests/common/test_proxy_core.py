@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 
 from common.httpserver import Request
-from common.proxy import SWEEP_SECONDS, Deadlines, response_head, upstream_headers
+from common.proxy import SWEEP_SECONDS, Deadlines, _own_forwarding, response_head, upstream_headers
 
 
 def request(*fields: tuple[str, str]) -> Request:
@@ -73,6 +73,11 @@ def test_a_request_with_no_forwarding_fields_gets_them_from_its_connection_and_h
             "X-Forwarded-Proto: http",
             "X-Forwarded-Host: m.example.com",
         ]
+    long_host = "h" * 300  # no DNS name is this long: answered the same, and not kept
+    kept = _own_forwarding.cache_info().currsize
+    block = upstream_headers(request(("Host", long_host)))
+    assert lines(block)[1] == f"Forwarded: for=10.0.0.9;host={long_host};proto=http"
+    assert _own_forwarding.cache_info().currsize == kept
     assert lines(upstream_headers(request(("Accept", "*/*")))) == [
         "Accept: */*",
         "Forwarded: for=10.0.0.9;proto=http",
