@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from common.errors import ServelaneError, UpstreamError, UpstreamTimeout
 from common.httpserver import Request, Response
-from common.upstream import UpstreamPool, UpstreamResponse, _Connection, _head, field_pattern
+from common.upstream import UpstreamPool, UpstreamResponse, _Connection, _head
 
 HOP_BY_HOP = frozenset(
     {
@@ -58,13 +57,10 @@ HOP_BY_HOP = frozenset(
 TIMEOUT_MESSAGE = "request timeout"
 SWEEP_SECONDS = 0.05  # how often the relays' deadlines are checked: a relay's timeout fires at most this late
 _SKIP_OUT_RAW = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "expect"})  # framed again
-# the response fields response_head acts on: dropped (hop-by-hop), or taken out and set again
+_SKIP_BACK_RAW = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "server-timing"})
 # a client's own forwarding fields (besides X-Forwarded-For): with any of them, upstream_headers extends them
 _FORWARDING_IN = frozenset({b"forwarded", b"x-forwarded-proto", b"x-forwarded-host"})
 _HOST_CACHED = 255  # bytes: a longer Host (no DNS name is) is not kept, so the cache stays small whatever clients send
-_BACK_NAMES = tuple(sorted(HOP_BY_HOP | {"content-length", "server-timing"}))
-_BACK_KEPT = frozenset({b"content-length", b"server-timing"})  # set again whatever the Connection header names
-_EVENT_STREAM = re.compile(rb"^content-type[ \t]*:[ \t]*text/event-stream", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +138,7 @@ class ProxyClient:
                 )
                 deadline.response_started()
                 timing = _hop_timing(self.hop, started, timings)
-                block, size, stream = response_head(answer.head, timing, reply_headers, head_only=answer.head_only)
+                block, size, stream = response_head(answer.raw, timing, reply_headers, head_only=answer.head_only)
                 if answer.complete or (size is not None and size <= self.buffer_limit and not stream):
                     return Response(answer.status, (), await answer.read(), local=False, block=block)
                 await _stream(request, answer, block, size, deadline)
@@ -309,7 +305,7 @@ class Relay:
     # -- the upstream's Listener -------------------------------------------------------------------------------
     def on_head(self, answer: UpstreamResponse) -> None:
         timing = _hop_timing(self._client.hop, self._started, self._timings)
-        self._block, size, stream = response_head(answer.head, timing, self._reply_headers, head_only=answer.head_only)
+        self._block, size, stream = response_head(answer.raw, timing, self._reply_headers, head_only=answer.head_only)
         timeouts = self._timeouts
         if timeouts.response_start is not None or timeouts.idle is not None:
             self._arm(timeouts.idle)
@@ -573,45 +569,50 @@ def _node(address: str) -> str:
 
 
 def response_head(
-    head: bytes, timing: str, extra: Mapping[str, str] | None = None, *, head_only: bool = False
+    raw: Iterable[tuple[bytes, bytes]], timing: str, extra: Mapping[str, str] | None = None, *, head_only: bool = False
 ) -> tuple[bytes, int | None, bool]:
-    """An upstream's response header lines (``Name: value\\r\\n`` each, undecoded) as the client should get them:
-    hop-by-hop ones gone (and those its Connection header names), the length left for the server to set again
-    (kept, for the answer to a HEAD, which has no body to measure), this hop's ``timing`` appended to
-    ``Server-Timing``, and ``extra`` replacing any field of the same name. Returns the header lines, with the
-    upstream's Content-Length (None if it sent none) and whether the body is a server-sent event stream.
-
-    The fields it acts on are found and cut by one pattern, in C; every other line is passed on as it came."""
-    special = field_pattern(_BACK_NAMES if not extra else _back_names(tuple(extra)))
-    length: int | None = None
+    """An upstream's response header fields (undecoded) as the client should get them, in one pass: hop-by-hop
+    ones gone (and those its Connection header names), the length left for the server to set again (kept, for
+    the answer to a HEAD, which has no body to measure), this hop's ``timing`` appended to ``Server-Timing``, and
+    ``extra`` replacing any field of the same name. Returns the header lines, encoded, with the upstream's
+    Content-Length (None if it sent none) and whether the body is a server-sent event stream."""
+    skip = _SKIP_BACK_RAW if not extra else _skip_back(tuple(extra))
+    lines: list[bytes] = []
+    names: list[bytes] = []
     timings: list[bytes] = []
-    fields = special.findall(head)
-    if fields:
-        head = special.sub(b"", head)
-        for name, value in fields:
-            lower = name.lower()
+    length: int | None = None
+    stream = False
+    named: frozenset[bytes] = frozenset()
+    for name, value in raw:
+        lower = name.lower()
+        if lower in skip:
             if lower == b"server-timing":
                 timings.append(value)
             elif lower == b"content-length":
                 length = int(value) if value.isdigit() else None
                 if head_only and length is not None:
-                    head += b"Content-Length: %d\r\n" % length
+                    lines.append(b"Content-Length: %d\r\n" % length)
+                    names.append(lower)
             elif lower == b"connection":
-                named = _connection_tokens(value) - _BACK_KEPT
-                if named:
-                    head = field_pattern(tuple(sorted(n.decode("latin-1") for n in named))).sub(b"", head)
-    stream = _EVENT_STREAM.search(head) is not None
+                named = _connection_tokens(value)
+            continue
+        if lower == b"content-type" and value[:17].lower() == b"text/event-stream":  # media types ignore case
+            stream = True
+        lines.append(b"%b: %b\r\n" % (name, value))
+        names.append(lower)
+    if named:
+        lines = [line for line, lower in zip(lines, names) if lower not in named]
     timings.append(timing.encode("latin-1"))
-    head += b"Server-Timing: %b\r\n" % b", ".join(timings)
+    lines.append(b"Server-Timing: %b\r\n" % b", ".join(timings))
     if extra:
-        head += "".join([f"{key}: {value}\r\n" for key, value in extra.items()]).encode("latin-1")
-    return head, length, stream
+        lines.extend(f"{key}: {value}\r\n".encode("latin-1") for key, value in extra.items())
+    return b"".join(lines), length, stream
 
 
 @functools.lru_cache(maxsize=64)
-def _back_names(replaced: tuple[str, ...]) -> tuple[str, ...]:
+def _skip_back(replaced: tuple[str, ...]) -> frozenset[bytes]:
     """The response fields not passed back when a hop sets ``replaced`` itself (the same few names every time)."""
-    return tuple(sorted(set(_BACK_NAMES) | {key.lower() for key in replaced}))
+    return _SKIP_BACK_RAW | {key.lower().encode("latin-1") for key in replaced}
 
 
 def _hop_timing(hop: str, started: float, extra: Mapping[str, float] | None) -> str:

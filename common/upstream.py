@@ -22,8 +22,6 @@ reading pauses while more than ``HIGH_WATER`` bytes of body wait for the consume
 from __future__ import annotations
 
 import asyncio
-import functools
-import re
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
@@ -90,10 +88,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
-        # the bytes of the response whose head is still arriving, and where that head starts in them (after any
-        # 1xx heads): the head is cut from them whole once the parser has seen it end (no callback per field)
-        self._arriving: list[bytes] | None = None
-        self._head_from = 0
         self.lost: BaseException | None = None
         self.used = False
         self.listener: Listener | None = None
@@ -105,8 +99,6 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._arriving is not None:
-            self._arriving.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -124,20 +116,22 @@ class _Connection(asyncio.Protocol):
         self._flow.resume()
 
     # -- httptools callbacks ---------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.response is not None:
+            self.response.raw = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response is not None:
+            self.response.raw.append((name, value))
+
     def on_headers_complete(self) -> None:
-        response, arriving = self.response, self._arriving
-        if response is None or arriving is None:
+        response = self.response
+        if response is None:
             return
-        data = arriving[0] if len(arriving) == 1 else b"".join(arriving)
-        start = self._head_from
-        end = data.find(b"\r\n\r\n", start)  # the parser has seen it: the head is all in ``data``
-        line_end = data.find(b"\r\n", start)
-        response.head = data[line_end + 2 : end + 2] if end > line_end else b""
         response.status = self.parser.get_status_code()
         if response.status < 200:  # 1xx: an interim answer; the real head follows
-            self._arriving, self._head_from = [data], end + 4
+            response.raw = []
             return
-        self._arriving = None
         if response.head_only or response.status in _NO_BODY_STATUSES:
             response.complete = True
         if self.listener is not None:
@@ -183,7 +177,6 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.used = True
         self.response = UpstreamResponse(self, head_only)
-        self._arriving, self._head_from = [], 0
         self.listener = listener
         self.transport.write(data)
         return self.response
@@ -191,7 +184,6 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, head: bytes, body: bytes | StreamedBody | None, chunked: bool, head_only: bool):
         self.used = True
         self.response = UpstreamResponse(self, head_only)
-        self._arriving, self._head_from = [], 0
         self._head = self.loop.create_future()
         await self.send(head, body, chunked)
         await self._head
@@ -224,7 +216,7 @@ class UpstreamResponse:
         "_conn",
         "head_only",
         "status",
-        "head",
+        "raw",
         "complete",
         "keep_alive",
         "buffered",
@@ -237,7 +229,7 @@ class UpstreamResponse:
         self._conn = conn
         self.head_only = head_only
         self.status = 0
-        self.head = b""  # the header fields as they came, undecoded: ``Name: value\r\n`` lines
+        self.raw: list[tuple[bytes, bytes]] = []  # the header fields as they came, undecoded
         self.complete = False
         self.keep_alive = False
         self.buffered = 0
@@ -246,9 +238,11 @@ class UpstreamResponse:
         self._released = False
 
     def header(self, name: str) -> str | None:
-        """The first value of the field ``name`` (any case), decoded; None when the response has none."""
-        field = field_pattern((name.lower(),)).search(self.head)
-        return None if field is None else field.group(2).decode("latin-1")
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.raw:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -361,14 +355,6 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(lambda: _Connection(self, loop), self.host, self.port)
         return conn
-
-
-@functools.lru_cache(maxsize=64)
-def field_pattern(names: tuple[str, ...]) -> re.Pattern[bytes]:
-    """Finds the lines of the fields ``names`` (lower-case) in a block of ``Name: value\\r\\n`` lines, any case:
-    group 1 the name as written, group 2 the value without the whitespace around it."""
-    alternatives = b"|".join(re.escape(name.encode("latin-1")) for name in names)
-    return re.compile(rb"^(%b)[ \t]*:[ \t]*(.*?)[ \t]*\r\n" % alternatives, re.IGNORECASE | re.MULTILINE)
 
 
 def _head(

@@ -103,14 +103,20 @@ async def test_an_interim_answer_before_the_response_leaves_only_the_final_head(
         [interim + final], [interim, final], [interim + final[:20], final[20:]], [interim[:30], interim[30:] + final]
     ]
 
+    answered = asyncio.Event()
+
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for pieces in ways:
-            await reader.readuntil(b"\r\n\r\n")
-            for piece in pieces:
-                writer.write(piece)
-                await writer.drain()
-                await asyncio.sleep(0.01)
-        writer.close()
+        try:
+            for pieces in ways:
+                await reader.readuntil(b"\r\n\r\n")
+                for piece in pieces:
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            answered.set()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1])
@@ -118,9 +124,10 @@ async def test_an_interim_answer_before_the_response_leaves_only_the_final_head(
         for _ in ways:  # one kept-alive connection for all four
             response = await pool.request("GET", "/", [("Host", "x")], None, None)
             assert (response.status, response.header("x-final"), response.header("link")) == (200, "yes", None)
-            assert response.head == b"X-Final: yes\r\nContent-Length: 2\r\n" and await response.read() == b"ok"
+            assert response.raw == [(b"X-Final", b"yes"), (b"Content-Length", b"2")] and await response.read() == b"ok"
             response.release()
     finally:
         pool.close()
+        await asyncio.wait_for(answered.wait(), 5)
         server.close()
         await server.wait_closed()
