@@ -26,7 +26,7 @@ import time
 
 import httptools
 
-from common.lifecycle import run_service
+from bench.py_relay import serve
 
 LOCAL = "127.0.0.1"
 _HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
@@ -167,14 +167,7 @@ class _Client(asyncio.Protocol):
 def main(argv: list[str]) -> int:
     port, upstream_port, host, revision = int(argv[0]), int(argv[1]), argv[2], argv[3]
     hop = _Hop(host, revision, upstream_port)
-
-    async def serve(stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Client(hop, loop), LOCAL, port, reuse_address=True)
-        await stop.wait()
-        server.close()
-
-    return run_service(serve)
+    return serve(port, lambda loop: _Client(hop, loop))
 
 
 if __name__ == "__main__":

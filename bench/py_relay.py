@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 
 import httptools
 
@@ -92,16 +93,21 @@ class _Client(asyncio.Protocol):
             self.transport.close()
 
 
-def main(argv: list[str]) -> int:
-    port, upstream_port = int(argv[0]), int(argv[1])
+def serve(port: int, make: Callable[[asyncio.AbstractEventLoop], asyncio.Protocol]) -> int:
+    """Run a floor hop on 127.0.0.1:``port`` until SIGTERM or SIGINT: ``make(loop)`` serves each client connection."""
 
-    async def serve(stop: asyncio.Event) -> None:
+    async def run(stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Client(loop, upstream_port), HOST, port, reuse_address=True)
+        server = await loop.create_server(lambda: make(loop), HOST, port, reuse_address=True)
         await stop.wait()
         server.close()
 
-    return run_service(serve)
+    return run_service(run)
+
+
+def main(argv: list[str]) -> int:
+    port, upstream_port = int(argv[0]), int(argv[1])
+    return serve(port, lambda loop: _Client(loop, upstream_port))
 
 
 if __name__ == "__main__":
