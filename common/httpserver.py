@@ -259,6 +259,13 @@ class Request:
         self._conn.respond(self, response)
         self._conn._finished(self)
 
+    def reply_proxied(self, status: int, block: bytes, body: bytes) -> None:
+        """:meth:`reply` with an upstream's whole answer, given as its parts (``block``: its header lines, encoded):
+        what a relay writes for nearly every request, without a :class:`Response` in between."""
+        conn = self._conn
+        conn.write(conn.proxied(self, status, block, body))
+        conn._finished(self)
+
     def finish(self) -> None:
         """End the request after its response went out some other way (streamed, or the connection was cut)."""
         self._conn._finished(self)
@@ -378,6 +385,7 @@ class _Connection(asyncio.Protocol):
         self.last_used = self.loop.time()
         self._url: list[bytes] = []
         self._raw: list[tuple[bytes, bytes]] = []
+        self._fields: dict[bytes, bytes] = {}
         self._head_bytes = 0
         self._flow = WriteFlow(self.loop)
         self._reading_paused = False
@@ -428,7 +436,7 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._url, self._raw, self._head_bytes = [], [], 0
+        self._url, self._raw, self._fields, self._head_bytes = [], [], {}, 0
         self.head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
@@ -439,6 +447,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw.append((name, value))
+        self._fields.setdefault(name.lower(), value)  # each field's first value, by lower-case name
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > self.server.max_head_bytes:
             raise ValueError("request head too large")
@@ -447,8 +456,7 @@ class _Connection(asyncio.Protocol):
         self.head_started = None
         parser = self.parser
         method = parser.get_method()
-        raw = self._raw
-        fields = _first_values(raw)
+        raw, fields = self._raw, self._fields
         request = Request(
             self, _METHODS.get(method) or method.decode(), b"".join(self._url).decode("latin-1"), raw,
             parser.get_http_version(), fields,
@@ -520,6 +528,9 @@ class _Connection(asyncio.Protocol):
         """Write a whole response in one piece: status line, fields, framing and body, built in one pass."""
         if response.sent:
             return
+        if not response.local and not response.headers:  # an upstream's answer as it came
+            self.write(self.proxied(request, response.status, response.block, response.body))
+            return
         request.keep_alive = keep = self.reusable(request)
         status, body = response.status, response.body
         parts = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown")), response.block]
@@ -535,6 +546,18 @@ class _Connection(asyncio.Protocol):
         if not request._head_only:
             parts.append(body)
         self.write(b"".join(parts))
+
+    def proxied(self, request: Request, status: int, block: bytes, body: bytes) -> bytes:
+        """An upstream's whole answer as this connection writes it: its status and header lines, the length set
+        again (a HEAD answer keeps the upstream's, in ``block``), ``Connection: close`` when this is the last."""
+        request.keep_alive = keep = self.reusable(request)
+        head_only = request._head_only
+        bodiless = head_only or status < 200 or status == 204 or status == 304
+        framing = b"" if bodiless else b"Content-Length: %d\r\n" % len(body)
+        closing = b"" if keep else b"Connection: close\r\n"
+        return b"HTTP/1.1 %d %b\r\n%b%b%b\r\n%b" % (
+            status, _REASONS.get(status, b"Unknown"), block, framing, closing, b"" if head_only else body
+        )  # fmt: skip
 
     async def _run(self, request: Request) -> None:
         try:

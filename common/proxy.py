@@ -323,9 +323,11 @@ class Relay:
 
     def on_complete(self, answer: UpstreamResponse) -> None:
         self._disarm()
-        response = Response(answer.status, (), answer.body(), local=False, block=self._block or b"")
+        status, body = answer.status, answer.body()
         answer.release()
-        self._reply(response)
+        self._done = True
+        self._request.reply_proxied(status, self._block or b"", body)
+        self._on_done(status)
 
     def on_error(self, exc: BaseException) -> None:
         if self._answer is not None:
@@ -578,7 +580,6 @@ def response_head(
     Content-Length (None if it sent none) and whether the body is a server-sent event stream."""
     skip = _SKIP_BACK_RAW if not extra else _skip_back(tuple(extra))
     lines: list[bytes] = []
-    names: list[bytes] = []
     timings: list[bytes] = []
     length: int | None = None
     stream = False
@@ -592,20 +593,19 @@ def response_head(
                 length = int(value) if value.isdigit() else None
                 if head_only and length is not None:
                     lines.append(b"Content-Length: %d\r\n" % length)
-                    names.append(lower)
             elif lower == b"connection":
-                named = _connection_tokens(value)
+                named = _connection_tokens(value) - skip
             continue
         if lower == b"content-type" and value[:17].lower() == b"text/event-stream":  # media types ignore case
             stream = True
         lines.append(b"%b: %b\r\n" % (name, value))
-        names.append(lower)
-    if named:
-        lines = [line for line, lower in zip(lines, names) if lower not in named]
+    if named:  # rare: the fields the Connection header names go too (found again rather than tracked per line)
+        lines = [line for line in lines if line.partition(b":")[0].lower() not in named]
     timings.append(timing.encode("latin-1"))
     lines.append(b"Server-Timing: %b\r\n" % b", ".join(timings))
     if extra:
-        lines.extend(f"{key}: {value}\r\n".encode("latin-1") for key, value in extra.items())
+        for key, value in extra.items():
+            lines.append(f"{key}: {value}\r\n".encode("latin-1"))
     return b"".join(lines), length, stream
 
 

@@ -195,12 +195,12 @@ class Gateway:
         """The HTTP port's fast lane: a request that routes to a backend is relayed by callbacks
         (:meth:`ProxyClient.relay`); None leaves the rest (no routing state yet, a local path, a 404, a 503) to
         :meth:`handle`, which answers them."""
-        table = self.table
-        if table is None or request.path in _LOCAL_PATHS:
+        table, path = self.table, request.path
+        if table is None or path in _LOCAL_PATHS:
             return None
         started = time.perf_counter()
         try:
-            target = table.route(request.header(b"host"), request.path, request.header(b"knative-serving-tag"))
+            target = table.route(request.header(b"host"), path, request.header(b"knative-serving-tag"))
             lease = self.backends.acquire(target)
         except ServelaneError:
             return None
