@@ -26,7 +26,7 @@ import time
 
 import httptools
 
-from bench.py_relay import serve
+from bench.py_relay import ClientEnd, serve
 
 LOCAL = "127.0.0.1"
 _HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
@@ -79,7 +79,7 @@ class _Upstream(asyncio.Protocol):
         self.client.close()
 
 
-class _Client(asyncio.Protocol):
+class _Client(ClientEnd):
     def __init__(self, hop: _Hop, loop: asyncio.AbstractEventLoop) -> None:
         self.hop, self.loop = hop, loop
         self.parser = httptools.HttpRequestParser(self)
@@ -154,14 +154,6 @@ class _Client(asyncio.Protocol):
             added = b"\r\nServer-Timing: " + timing + b"\r\nX-Request-Id: " + self.request_id
             self.transport.write(head + added + body)
         self.hop.observe(message[9:10], seconds)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 def main(argv: list[str]) -> int:

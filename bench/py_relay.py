@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import httptools
 
@@ -40,7 +41,23 @@ class _Upstream(asyncio.Protocol):
         pass
 
 
-class _Client(asyncio.Protocol):
+class ClientEnd(asyncio.Protocol):
+    """A floor hop's client connection, as far as both floors share it: it owns one upstream connection
+    (``upstream``, a protocol with a ``transport``), closed when the client goes."""
+
+    transport: asyncio.Transport | None = None
+    upstream: Any = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Client(ClientEnd):
     def __init__(self, loop: asyncio.AbstractEventLoop, upstream_port: int) -> None:
         self.loop, self.upstream_port = loop, upstream_port
         self.transport: asyncio.Transport | None = None
@@ -83,14 +100,6 @@ class _Client(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 def serve(port: int, make: Callable[[asyncio.AbstractEventLoop], asyncio.Protocol]) -> int:
