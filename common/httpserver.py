@@ -528,18 +528,16 @@ class _Connection(asyncio.Protocol):
         """Write a whole response in one piece: status line, fields, framing and body, built in one pass."""
         if response.sent:
             return
-        if not response.local and not response.headers:  # an upstream's answer as it came
-            self.write(self.proxied(request, response.status, response.block, response.body))
+        lines = [f"{k}: {v}\r\n".encode("latin-1") for k, v in response.headers] if response.headers else []
+        if not response.local:  # an upstream's answer: its own fields, as they came
+            self.write(self.proxied(request, response.status, b"".join([response.block, *lines]), response.body))
             return
         request.keep_alive = keep = self.reusable(request)
         status, body = response.status, response.body
-        parts = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown")), response.block]
-        if response.headers:
-            parts += [f"{k}: {v}\r\n".encode("latin-1") for k, v in response.headers]
-        if status >= 200 and status != 204 and status != 304 and (response.local or not request._head_only):
-            parts.append(b"Content-Length: %d\r\n" % len(body))  # a proxied HEAD answer keeps the upstream's
-        if response.local:
-            parts.append(b"Date: %b\r\nServer: servelane\r\n" % self.server.date())
+        parts = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown")), response.block, *lines]
+        if status >= 200 and status != 204 and status != 304:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        parts.append(b"Date: %b\r\nServer: servelane\r\n" % self.server.date())
         if not keep:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
