@@ -177,13 +177,17 @@ class GrpcProxy:
     async def start(self, host: str, port: int) -> int:
         """Open the fixed upstream's channel, if any, and listen on host:port without TLS (0 picks a free port);
         the port bound."""
+        return await self.listen(_address(host, port))
+
+    async def listen(self, address: str) -> int:
+        """:meth:`start` on a gRPC address (``host:port``, ``unix:/path``); what grpc's ``add_insecure_port`` gives."""
         if self.upstream is not None:
             self._channels.pin(self.upstream)
         # gRPC sets SO_REUSEPORT by default, which lets a second server bind a port in use without an error.
         server = grpc.aio.server(options=(*self._options, ("grpc.so_reuseport", 0)))
         server.add_generic_rpc_handlers((*self._handlers, _AnyMethod(self._call)))
         try:
-            bound = server.add_insecure_port(_address(host, port))
+            bound = server.add_insecure_port(address)
             await server.start()
         except BaseException:
             await self._channels.close()

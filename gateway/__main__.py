@@ -38,6 +38,9 @@ def parse_args(argv: list[str], env: Mapping[str, str] = os.environ) -> GatewayC
     for name in ("port", "grpc_port", "admin_port", "metrics_port"):
         extra = "; -1: no gRPC" if name == "grpc_port" else ""
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=d[name], help=f"0: any free port{extra}")
+    p.add_argument("--no-grpc-authority", dest="grpc_authority", action="store_false", default=d["grpc_authority"],
+                   help="route gRPC calls by x-servelane-host and model name only, not :authority (no relay in "
+                        "front of the gRPC port)")  # fmt: skip
     p.add_argument("--domain", default=d["domain"], help="the external domain (default: the routing state's)")
     p.add_argument("--name", dest="names", action="append", default=list(d["names"]),
                    help="another host name of this gateway, routed by path like localhost; host:port: with that port "

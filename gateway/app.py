@@ -15,7 +15,8 @@ Errors become responses here and only here (``{"error": ...}``, :meth:`common.ht
 ``X-Request-Id``; a 503 with ``Retry-After: 1``).
 On an own-name Host, ``/v2/health/live``, ``/v2/health/ready`` and ``/v2`` are answered by the gateway itself.
 
-The gRPC port does 1-5 per call through :mod:`common.grpc_proxy` and :mod:`gateway.grpc_routes`. The admin port
+The gRPC port does 1-5 per call through :mod:`common.grpc_proxy` and :mod:`gateway.grpc_routes`, behind
+:mod:`gateway.grpc_front`, which shows them each call's ``:authority``. The admin port
 serves ``/healthz``, ``/readyz`` (200 once a routing state is in force) and ``GET /routing`` (that state, JSON).
 
 A new routing state (:meth:`Gateway.apply`) builds a new table and swaps it in with one assignment: requests
@@ -44,6 +45,7 @@ from gateway.state import Revision, RoutingState
 
 if TYPE_CHECKING:
     from common.grpc_proxy import GrpcProxy
+    from gateway.grpc_front import GrpcFront
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class Gateway:
             "metrics": HttpServer(self.metrics.handler()),
         }
         self.grpc: GrpcProxy | None = None
+        self.grpc_front: GrpcFront | None = None  # the gRPC port when it reads :authority (config.grpc_authority)
         self.source: FileSource | ControllerSource | None = None
         self.ports: dict[str, int] = {}
         self.running = False
@@ -120,9 +123,15 @@ class Gateway:
         router = GrpcRouter(lambda: self.table, self.backends, self.metrics, self.request_ids)
         self.grpc = build_routing_grpc_proxy(
             route=router, max_message_bytes=self.config.max_message_bytes, drop=DROPPED,
-            handlers=(ServerMethods(lambda: self.table is not None),),
+            handlers=(ServerMethods(lambda: self.table),),
         )  # fmt: skip
-        return await self.grpc.start(self.config.host, self.config.grpc_port)
+        if not self.config.grpc_authority:
+            return await self.grpc.start(self.config.host, self.config.grpc_port)
+        from gateway.grpc_front import GrpcFront
+
+        self.grpc_front = GrpcFront()
+        await self.grpc.listen(self.grpc_front.backend)
+        return await self.grpc_front.start(self.config.host, self.config.grpc_port)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` (SIGTERM/SIGINT), then shut down in order."""
@@ -137,9 +146,13 @@ class Gateway:
         if self.source is not None:
             await self.source.stop()
         stopping = [self.servers["http"].stop(self.config.grace_period)]
+        if self.grpc_front is not None:
+            self.grpc_front.close()  # no new connections; calls on open ones finish through it
         if self.grpc is not None:
             stopping.append(self.grpc.stop(self.config.grace_period))
         await asyncio.gather(*stopping)
+        if self.grpc_front is not None:
+            await self.grpc_front.stop()
         for name in ("admin", "metrics"):
             await self.servers[name].stop(1.0)
         await self.client.close()

@@ -17,6 +17,7 @@ class GatewayConfig:
     admin_host: str | None = None  # where the admin port listens (its /routing lists every replica); None: host
     port: int = 8080  # HTTP; 0 picks a free port (every port here)
     grpc_port: int = 8081  # -1: no gRPC port
+    grpc_authority: bool = True  # route gRPC by :authority too (gateway.grpc_front); off saves a relay per call
     admin_port: int = 8082  # /healthz, /readyz, /routing
     metrics_port: int = 9092  # Prometheus
     domain: str | None = None  # overrides the routing state's domain when set

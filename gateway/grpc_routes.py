@@ -4,21 +4,22 @@ A call is routed, in this order, by:
 
 1. the ``x-servelane-host`` metadata entry (:data:`HOST_HEADER`), holding a host as on HTTP
    (``sklearn-iris-predictor.default.example.com``, a tag host, a cluster-local name ...);
-2. when there is none, or it names the gateway itself, the model name in the first request message, for
+2. when there is none, the call's ``:authority`` (what a client sets with ``grpc.default_authority``), which
+   :mod:`gateway.grpc_front` adds as the last ``x-servelane-authority`` entry: a host as on HTTP;
+3. when neither is there, or the one there names the gateway itself (``localhost:8081``, a plain client's
+   authority), the model name in the first request message, for
    ``ModelInfer``, ``ModelStreamInfer``, ``ModelMetadata`` and ``ModelReady`` of ``inference.GRPCInferenceService``
    (field 1, a string, in all four; read from the raw bytes by :func:`model_name`, nothing else decoded): the
    service whose ``models`` has it, its entry component;
-3. anything else: NOT_FOUND.
+4. anything else: NOT_FOUND. A host the gateway does not know, by header or authority, is NOT_FOUND too.
 
-Not by ``:authority``: grpc python's server shows it neither in the servicer context nor in the handler call details
-(grpc/grpc#38906, open in grpcio 1.85), so the authority a client sets (``grpc.default_authority``) is invisible
-here. A transformer calling its predictor through the gateway must therefore send
-``x-servelane-host: <isvc>-predictor.<ns>.<domain>``: by model name alone its call would reach the service's entry
-component, the transformer itself.
+A transformer calling its predictor through the gateway must name it (``x-servelane-host`` or the authority
+``<isvc>-predictor.<ns>.<domain>``): by model name alone its call would reach the service's entry component, the
+transformer itself.
 
-``ServerLive``, ``ServerReady`` and ``ServerMetadata`` without ``x-servelane-host`` are answered by the gateway
-itself (:class:`ServerMethods`): live while it runs, ready once it has a routing state (as ``/readyz``), and its own
-name. With the header they go to the service it names, like any call.
+``ServerLive``, ``ServerReady`` and ``ServerMetadata`` with neither ``x-servelane-host`` nor an authority naming a
+service are answered by the gateway itself (:class:`ServerMethods`): live while it runs, ready once it has a
+routing state (as ``/readyz``), and its own name. Otherwise they go to the service named, like any call.
 
 Each routed call gets ``knative-serving-revision``/``knative-serving-namespace`` metadata (the client's own are
 dropped), ``x-request-id`` (generated when absent, sent back in the initial metadata, or in the trailers of an
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import grpc
@@ -40,14 +41,17 @@ from common.grpc_proxy import Call, CallOutcome
 from common.request_ids import RequestIds
 from gateway.balancer import Backends, Lease
 from gateway.config import SERVER_NAME, SERVER_VERSION
+from gateway.grpc_front import AUTHORITY_HEADER
 from gateway.metrics import GatewayMetrics
-from gateway.routing import Destination, RoutingTable
+from gateway.routing import Destination, RoutingTable, split_host
 
 HOST_HEADER = "x-servelane-host"
 SERVICE = "/inference.GRPCInferenceService/"
 MODEL_METHODS = frozenset(SERVICE + m for m in ("ModelInfer", "ModelStreamInfer", "ModelMetadata", "ModelReady"))
 # Never taken from a client: the gateway sets the first two itself, and the queue-proxy would make the third the Host.
-DROPPED = frozenset({"knative-serving-revision", "knative-serving-namespace", "k-original-host", HOST_HEADER})
+DROPPED = frozenset(
+    {"knative-serving-revision", "knative-serving-namespace", "k-original-host", HOST_HEADER, AUTHORITY_HEADER}
+)
 
 
 class GrpcRouter:
@@ -120,7 +124,7 @@ class RoutedCall:
 
 
 async def _destination(table: RoutingTable, call: Call) -> Destination:
-    host = call.metadata.get(HOST_HEADER)
+    host = call.metadata.get(HOST_HEADER) or authority(call.metadata)
     destination = table.match_host(host) if host else None
     if destination is not None:
         return destination
@@ -128,6 +132,13 @@ async def _destination(table: RoutingTable, call: Call) -> Destination:
         raise NotFound(f"cannot route {call.method}: set {HOST_HEADER} to a service's host")
     first = await call.first_message()
     return table.match_model(None if first is None else model_name(first))
+
+
+def authority(metadata: Mapping[str, str]) -> str | None:
+    """The authority the front added: the last ``x-servelane-authority`` value (a client's own come before it and
+    are joined with ", ", which no authority contains)."""
+    joined = metadata.get(AUTHORITY_HEADER)
+    return joined.rpartition(", ")[2] if joined else None
 
 
 def model_name(message: bytes) -> str | None:
@@ -173,11 +184,12 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 class ServerMethods(grpc.GenericRpcHandler):
-    """ServerLive, ServerReady and ServerMetadata answered by the gateway when no ``x-servelane-host`` names a
-    service (then this handler declines and the call is routed)."""
+    """ServerLive, ServerReady and ServerMetadata answered by the gateway when the call has no ``x-servelane-host``
+    and its authority is the gateway's own (or unknown to the front); otherwise this handler declines and the call
+    is routed."""
 
-    def __init__(self, ready: Callable[[], bool]) -> None:
-        self._ready = ready
+    def __init__(self, table: Callable[[], RoutingTable | None]) -> None:
+        self._table = table
         self._methods = {
             SERVICE + "ServerLive": grpc.unary_unary_rpc_method_handler(self._live),
             SERVICE + "ServerReady": grpc.unary_unary_rpc_method_handler(self._ready_answer),
@@ -186,15 +198,25 @@ class ServerMethods(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = self._methods.get(handler_call_details.method)
-        if handler is None or any(m.key == HOST_HEADER for m in handler_call_details.invocation_metadata or ()):
+        if handler is None:
             return None
+        metadata = {}
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == HOST_HEADER:
+                return None
+            if key == AUTHORITY_HEADER and isinstance(value, str):
+                metadata[key] = f"{metadata[key]}, {value}" if key in metadata else value
+        host = authority(metadata)
+        table = self._table()
+        if host and table is not None and not table.is_own(*split_host(host)):
+            return None  # the authority names a service (or an unknown host): routed like any call
         return handler
 
     async def _live(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return _bool_field(True)
 
     async def _ready_answer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return _bool_field(self._ready())
+        return _bool_field(self._table() is not None)
 
     async def _metadata(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return _string_field(1, SERVER_NAME) + _string_field(2, SERVER_VERSION)

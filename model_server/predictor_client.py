@@ -234,7 +234,8 @@ class GrpcPredictor(PredictorClient):
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        # grpc.aio servers cannot read :authority, so servelane's gateway routes gRPC by this header instead
+        # the authority is what an ingress routes by (KServe's, or a servelane gateway's gRPC front); the header
+        # routes a servelane gateway started with --no-grpc-authority as well
         self._route: tuple[tuple[str, str], ...] = ((ROUTE_HEADER, authority),) if authority else ()
         if authority:
             self._options.append(("grpc.default_authority", authority))

@@ -238,3 +238,117 @@ async def test_internal_addresses_in_the_host_metadata_are_not_found_and_reach_n
     assert echo[0].received == []
     assert _requests_served(model_server) == served_before
     assert set(gateway.grpc.channels) == channels  # no channel opened to any address named
+
+
+# -- :authority, read by the gateway's gRPC front ------------------------------------------------------------------
+def _authority_client(gateway: Gateway, authority: str) -> triton_aio.InferenceServerClient:
+    return triton_aio.InferenceServerClient(
+        f"127.0.0.1:{gateway.ports['grpc']}", channel_args=[("grpc.default_authority", authority)]
+    )
+
+
+async def test_infer_routed_by_authority(gateway: Gateway) -> None:
+    """A channel's authority names the service as a Host would on HTTP; x-servelane-host still wins over it."""
+    client = _authority_client(gateway, "iris-predictor.default.svc.cluster.local")
+    try:
+        assert (await client.infer("sklearn-iris", [_input()])).as_numpy("label").tolist() == [1, 1]
+        with pytest.raises(InferenceServerException) as raised:  # the model server, whatever the model named
+            await client.infer("echo-model", [_input()])
+        assert raised.value.message() == "Model with name echo-model does not exist."
+        assert (await client.get_server_metadata()).name == "servelane"  # the model server's, not the gateway's
+        with pytest.raises(InferenceServerException) as raised:
+            await client.infer("sklearn-iris", [_input()], headers={HOST_HEADER: "down.test.example.com"})
+        assert raised.value.status() == "StatusCode.UNAVAILABLE"
+    finally:
+        await client.close()
+    client = _authority_client(gateway, "nope.example.com")
+    try:
+        with pytest.raises(InferenceServerException) as raised:
+            await client.infer("sklearn-iris", [_input()])
+        assert (raised.value.status(), raised.value.message()) == (
+            "StatusCode.NOT_FOUND",
+            'unknown host "nope.example.com"',
+        )
+        with pytest.raises(InferenceServerException):
+            await client.is_server_live()  # an unknown authority is not the gateway's own either
+        result = await client.infer("sklearn-iris", [_input()], headers={HOST_HEADER: "iris.default.example.com"})
+        assert result.as_numpy("label").tolist() == [1, 1]
+    finally:
+        await client.close()
+
+
+async def test_an_own_authority_routes_by_model_name(gateway: Gateway) -> None:
+    client = _authority_client(gateway, f"localhost:{gateway.ports['grpc']}")
+    try:
+        assert (await client.infer("sklearn-iris", [_input()])).as_numpy("label").tolist() == [1, 1]
+        assert (await client.get_server_metadata()).name == "servelane-gateway"
+    finally:
+        await client.close()
+
+
+async def test_a_clients_own_authority_entry_is_overridden_and_none_goes_upstream(
+    gateway: Gateway, echo: tuple[Echo, str]
+) -> None:
+    request = pb.ModelInferRequest(model_name="sklearn-iris").SerializeToString()  # by model name: iris
+    options = [("grpc.default_authority", "echo.test.example.com")]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.ports['grpc']}", options=options) as channel:
+        spoofed = (("x-servelane-authority", "iris.default.example.com"),)
+        assert await channel.unary_unary(INFER)(request, metadata=spoofed) == request  # the echo answered
+    (received,) = echo[0].received
+    assert "x-servelane-authority" not in received and HOST_HEADER not in received
+
+
+async def test_large_messages_stream_through_the_front_both_ways(gateway: Gateway, echo: tuple[Echo, str]) -> None:
+    request = pb.ModelInferRequest(model_name="echo-model", raw_input_contents=[bytes(range(256)) * 12288])
+    body = request.SerializeToString()  # 3 MiB (the echo takes at most 4): ~200 DATA frames each way
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.ports['grpc']}") as channel:
+        calls = [channel.unary_unary(INFER)(body, timeout=30) for _ in range(3)]
+        assert await asyncio.gather(*calls) == [body] * 3
+
+
+async def test_internal_addresses_as_authority_are_not_found_and_reach_nothing(
+    gateway: Gateway, echo: tuple[Echo, str]
+) -> None:
+    model_server, echo_address = gateway.model_server, echo[1]  # type: ignore[attr-defined]
+    infer = pb.ModelInferRequest(model_name="echo-model").SerializeToString()
+    served_before = _requests_served(model_server)
+    for host in (echo_address, f"127.0.0.1:{model_server.grpc_port}", f"localhost:{gateway.ports['admin']}"):
+        options = [("grpc.default_authority", host)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.ports['grpc']}", options=options) as channel:
+            for method, body in ((INFER, infer), (SERVICE + "ServerMetadata", b"")):
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await channel.unary_unary(method)(body, timeout=5)
+                assert (raised.value.code(), raised.value.details()) == (
+                    grpc.StatusCode.NOT_FOUND,
+                    f'unknown host "{host}"',
+                ), (host, method)
+    assert echo[0].received == []
+    assert _requests_served(model_server) == served_before
+
+
+async def test_without_the_front_the_authority_is_not_read(
+    start_model_server, iris_repository, start_gateway, echo: tuple[Echo, str]
+) -> None:
+    model_server = await start_model_server(iris_repository)
+    gateway = await start_gateway(document(model_server, echo[1]), grpc_authority=False)
+    assert gateway.grpc_front is None
+    client = _authority_client(gateway, "echo.test.example.com")
+    try:
+        assert (await client.infer("sklearn-iris", [_input()])).as_numpy("label").tolist() == [1, 1]
+    finally:
+        await client.close()
+
+
+async def test_stopping_the_gateway_ends_the_fronts_connections_and_removes_its_socket(gateway: Gateway) -> None:
+    front = gateway.grpc_front
+    assert front is not None and front.socket.exists()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["grpc"])
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    await writer.drain()
+    assert (await reader.read(9))[3] == 0x4  # the gRPC server's SETTINGS, through the front
+    await gateway.stop()
+    assert await asyncio.wait_for(reader.read(), 5) is not None  # read to EOF: the connection ended
+    writer.close()
+    assert not front.socket.parent.exists()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", gateway.ports["grpc"])
