@@ -22,8 +22,8 @@ import asyncio
 import logging
 import os
 import shutil
+import struct
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.hpack_authority import AuthorityReader, HpackError, literal_field
@@ -38,6 +38,7 @@ _HEADERS, _PRIORITY_FRAME, _PUSH_PROMISE, _CONTINUATION = 0x1, 0x2, 0x5, 0x9
 _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
 _HIGH_WATER = 256 * 1024  # per transport: past this, the other side stops reading
 _FIELD_NAME = AUTHORITY_HEADER.encode()
+_FRAME_HEAD = struct.Struct(">IBI")  # length (24 bits) and type in one word, flags, stream (RFC 9113 4.1)
 
 
 class FrameError(ValueError):
@@ -46,9 +47,12 @@ class FrameError(ValueError):
 
 class RequestFrames:
     """The client-to-server byte stream of one connection: ``feed(data)`` gives the bytes to send on, with each
-    request header block carrying its ``:authority`` as :data:`AUTHORITY_HEADER` too."""
+    request header block carrying its ``:authority`` as :data:`AUTHORITY_HEADER` too. Bytes that pass unchanged go
+    on in runs as long as they arrived (one slice per run, the chunk itself when nothing in it changed)."""
 
-    __slots__ = ("_reader", "_preface", "_pending", "_passing", "_block", "_fragments", "_block_head", "_held")
+    __slots__ = (
+        "_reader", "_preface", "_pending", "_passing", "_block", "_fragments", "_block_head", "_held", "_field",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._reader = AuthorityReader()
@@ -59,6 +63,7 @@ class RequestFrames:
         self._fragments: list[bytes] = []  # and their parts of the block
         self._held = 0  # their bytes
         self._block_head = (0, 0, b"")  # that block's stream, HEADERS flags and priority fields
+        self._field = (b"", b"")  # the last authority seen and its encoded field (a connection keeps one authority)
 
     def feed(self, data: bytes) -> list[bytes]:
         """The bytes to send on for ``data`` (possibly none yet, while a header frame is incomplete)."""
@@ -70,46 +75,74 @@ class RequestFrames:
         if self._passing:
             pos = min(self._passing, end)
             self._passing -= pos
-            out.append(data[:pos])
         if self._preface and pos < end:
-            pos = self._take_preface(data, pos, out)
+            pos = self._take_preface(data, pos)
+        run = 0  # where the bytes passed unchanged since the last cut begin
         while pos < end:
             if end - pos < 9:
                 self._pending = data[pos:]
                 break
-            length = int.from_bytes(data[pos : pos + 3])
-            kind = data[pos + 3]
+            word, flags, stream = _FRAME_HEAD.unpack_from(data, pos)
+            length, kind = word >> 8, word & 0xFF
             if kind == _HEADERS or kind == _CONTINUATION:
                 if length > MAX_HEADER_BLOCK:
                     raise FrameError(f"a {length}-byte header frame (at most {MAX_HEADER_BLOCK} here)")
-                if end - pos < 9 + length:
+                stop = pos + 9 + length
+                if stop > end:
                     self._pending = data[pos:]
                     break
-                self._header_frame(data[pos : pos + 9 + length], out)
-                pos += 9 + length
+                if self._block is None and flags & _END_HEADERS and kind == _HEADERS:  # nearly every block
+                    rebuilt = self._one_frame_block(data, pos, stop, flags, stream & 0x7FFFFFFF)
+                else:
+                    rebuilt = self._block_frame(data[pos:stop], kind, flags, stream & 0x7FFFFFFF)
+                if rebuilt is not None:  # cut the run: what came before, then the frames in this one's place
+                    if run < pos:
+                        out.append(data[run:pos])
+                    out += rebuilt
+                    run = stop
+                pos = stop
             else:
                 if self._block is not None:
                     raise FrameError("a frame other than CONTINUATION inside a header block")
                 if kind == _PUSH_PROMISE:
                     raise FrameError("PUSH_PROMISE from a client")
-                stop = min(pos + 9 + length, end)
-                out.append(data if pos == 0 and stop == end else data[pos:stop])
-                self._passing = pos + 9 + length - stop
-                pos = stop
+                pos += 9 + length
+                if pos > end:
+                    self._passing = pos - end
+                    pos = end
+        stop = end - len(self._pending)
+        if run < stop:
+            out.append(data if run == 0 and stop == end else data[run:stop])
         return out
 
-    def _take_preface(self, data: bytes, pos: int, out: list[bytes]) -> int:
+    def _take_preface(self, data: bytes, pos: int) -> int:
         taken = min(self._preface, len(data) - pos)
         seen = len(PREFACE) - self._preface
         if data[pos : pos + taken] != PREFACE[seen : seen + taken]:
             raise FrameError("the connection does not start with the HTTP/2 preface (gRPC needs prior knowledge)")
         self._preface -= taken
-        out.append(data[pos : pos + taken])
         return pos + taken
 
-    def _header_frame(self, frame: bytes, out: list[bytes]) -> None:
-        kind, flags = frame[3], frame[4]
-        stream = int.from_bytes(frame[5:9]) & 0x7FFFFFFF
+    def _one_frame_block(self, data: bytes, pos: int, stop: int, flags: int, stream: int) -> list[bytes] | None:
+        """A HEADERS frame with END_HEADERS at ``data[pos:stop]``: None when it passes as it is."""
+        start = pos + 9
+        priority = b""
+        if flags & (_PADDED | _PRIORITY):
+            if flags & _PADDED:
+                if stop == start:
+                    raise FrameError("a padded HEADERS frame without its pad length")
+                stop -= data[start]
+                start += 1
+            if flags & _PRIORITY:
+                priority = data[start : start + 5]
+                start += 5
+            if stop < start:
+                raise FrameError("a HEADERS frame's padding is longer than the frame")
+        return self._rebuilt(data[start:stop], stream, flags, priority)
+
+    def _block_frame(self, frame: bytes, kind: int, flags: int, stream: int) -> list[bytes] | None:
+        """A frame of a header block in several frames: held until END_HEADERS, then [] (still held), or the frames
+        to send in their place (as they came, or rebuilt)."""
         if kind == _HEADERS:
             if self._block is not None:
                 raise FrameError("a HEADERS frame inside another header block")
@@ -125,13 +158,10 @@ class RequestFrames:
                 start += 5
             if stop < start:
                 raise FrameError("a HEADERS frame's padding is longer than the frame")
-            if flags & _END_HEADERS:  # nearly every block: one frame
-                self._send_block((frame,), frame[start:stop], stream, flags, priority, out)
-                return
             self._block, self._fragments = [frame], [frame[start:stop]]
             self._block_head = (stream, flags, priority)
             self._held = len(frame)
-            return
+            return []
         if self._block is None or stream != self._block_head[0]:
             raise FrameError("a CONTINUATION frame that continues no header block on its stream")
         self._held += len(frame)
@@ -139,29 +169,36 @@ class RequestFrames:
             raise FrameError(f"a header block over {MAX_HEADER_BLOCK} bytes")
         self._block.append(frame)
         self._fragments.append(frame[9:])
-        if flags & _END_HEADERS:
-            frames, fragment = self._block, b"".join(self._fragments)
-            self._block, self._fragments = None, []
-            self._send_block(frames, fragment, *self._block_head, out)
+        if not flags & _END_HEADERS:
+            return []
+        frames, block = self._block, b"".join(self._fragments)
+        self._block, self._fragments = None, []
+        stream, flags, priority = self._block_head
+        rebuilt = self._rebuilt(block, stream, flags, priority)
+        return frames if rebuilt is None else rebuilt
 
-    def _send_block(
-        self, frames: Sequence[bytes], block: bytes, stream: int, flags: int, priority: bytes, out: list[bytes]
-    ) -> None:
-        """Read a whole header block; send its frames as they came, or rebuilt with the authority field added."""
+    def _rebuilt(self, block: bytes, stream: int, flags: int, priority: bytes) -> list[bytes] | None:
+        """Read a whole header block: None when it has no authority (trailers), else its frames with the authority
+        field added."""
         try:
             authority = self._reader.authority(block)
         except HpackError as exc:
             raise FrameError(str(exc)) from None
-        if authority is None:  # trailers, or a request without one: nothing to add
-            out.extend(frames)
-            return
-        block += literal_field(_FIELD_NAME, authority)
+        if authority is None:
+            return None
+        if authority != self._field[0]:
+            self._field = (authority, literal_field(_FIELD_NAME, authority))
+        block += self._field[1]
         first = MAX_FRAME - len(priority)
-        out.append(_frame(_HEADERS, flags & (_END_STREAM | _PRIORITY) | (_END_HEADERS if len(block) <= first else 0),
-                          stream, priority + block[:first]))  # fmt: skip
+        if len(block) <= first:
+            head = _FRAME_HEAD.pack(len(priority) + len(block) << 8 | _HEADERS,
+                                    flags & (_END_STREAM | _PRIORITY) | _END_HEADERS, stream)  # fmt: skip
+            return [head + priority + block]
+        out = [_frame(_HEADERS, flags & (_END_STREAM | _PRIORITY), stream, priority + block[:first])]
         for at in range(first, len(block), MAX_FRAME):
             last = at + MAX_FRAME >= len(block)
             out.append(_frame(_CONTINUATION, _END_HEADERS if last else 0, stream, block[at : at + MAX_FRAME]))
+        return out
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:

@@ -20,6 +20,8 @@ from hpack.table import HeaderTable
 AUTHORITY = b":authority"
 STATIC: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE  # indices 1-61
 _STATIC_LEN = len(STATIC)
+_LAST_STATIC_BYTE = 0x80 | _STATIC_LEN  # an indexed field's first byte up to this names a static entry
+_STATIC_AUTHORITY_BYTE = 0x80 | 1 + STATIC.index((AUTHORITY, b""))
 _ENTRY_OVERHEAD = 32  # RFC 7541 4.1: an entry's size is its name's and value's octets plus 32
 DEFAULT_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE's initial value (RFC 9113 6.5.2)
 MAX_TABLE_SIZE = 64 * 1024  # the most a size update may ask for here; a gRPC server offers 4096
@@ -46,14 +48,23 @@ class AuthorityReader:
         """The block's ``:authority`` (its last, should there be several), or None; the table follows the block."""
         found = None
         pos, end = 0, len(block)
+        table = self._table
         try:
             while pos < end:
                 first = block[pos]
-                if first & 0x80:  # indexed field (6.1)
-                    index = first & 0x7F
+                if 0x80 < first < 0xFF:  # indexed field (6.1) with a one-byte index: most fields of most blocks
                     pos += 1
-                    if index == 0x7F:
-                        index, pos = _integer(block, pos - 1, 0x7F)
+                    if first > _LAST_STATIC_BYTE:
+                        at = first - _LAST_STATIC_BYTE - 1
+                        if at >= len(table):
+                            raise HpackError(f"header table index {first & 0x7F} is out of range")
+                        name, value = table[at]
+                        if name == AUTHORITY:
+                            found = value
+                    elif first == _STATIC_AUTHORITY_BYTE:  # the only static entry named :authority, its value empty
+                        found = b""
+                elif first & 0x80:  # indexed field, index 0 or one of more than one byte
+                    index, pos = _integer(block, pos, 0x7F)
                     name, value = self._entry(index)
                     if name == AUTHORITY:
                         found = value

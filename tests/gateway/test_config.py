@@ -19,6 +19,7 @@ def test_flags() -> None:
     assert parse_args(["--routes", "r.yaml", "--name", "localhost:9000"]).names == ("localhost:9000",)
     assert parse_args(["--routes", "r.yaml", "--grpc-port", "-1"]).grpc_port == -1  # no gRPC port
     assert config.admin_host is None  # the admin port listens on --host
+    assert config.grpc_authority and not parse_args(["--routes", "r.yaml", "--no-grpc-authority"]).grpc_authority
     assert parse_args(["--routes", "r.yaml", "--admin-host", "127.0.0.1"]).admin_host == "127.0.0.1"
 
 
