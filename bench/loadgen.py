@@ -46,6 +46,15 @@ class GrpcRequest:
     target: str  # host:port
     method: str  # /package.Service/Method
     payload: bytes  # the serialized request message
+    metadata: tuple[tuple[str, str], ...] = ()
+    authority: str | None = None  # the channel's :authority (grpc.default_authority); None: the target
+
+    def channel(self) -> grpc.aio.Channel:
+        """A channel for these calls, with no message size limit."""
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        if self.authority is not None:
+            options.append(("grpc.default_authority", self.authority))
+        return grpc.aio.insecure_channel(self.target, options=options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +136,12 @@ async def http_load(request: HttpRequest, concurrency: int, duration: float) -> 
 
 
 async def grpc_load(request: GrpcRequest, concurrency: int, duration: float) -> Load:
-    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-    async with grpc.aio.insecure_channel(request.target, options=options) as channel:
+    async with request.channel() as channel:
         call = channel.unary_unary(request.method)  # no serializers: bytes in, bytes out
+        metadata = request.metadata or None
 
         async def once() -> str | None:
-            await call(request.payload, timeout=REQUEST_TIMEOUT)
+            await call(request.payload, timeout=REQUEST_TIMEOUT, metadata=metadata)
             return None
 
         return await _closed_loop("grpc.aio", once, concurrency, duration, (grpc.aio.AioRpcError,))

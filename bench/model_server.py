@@ -19,7 +19,6 @@ from functools import partial
 from pathlib import Path
 
 import aiohttp
-import grpc
 import numpy as np
 
 from bench import models
@@ -99,8 +98,8 @@ async def probe_http(request: HttpRequest, check: Check) -> None:
 
 
 async def probe_grpc(request: GrpcRequest, model: str) -> None:
-    async with grpc.aio.insecure_channel(request.target, options=[("grpc.max_receive_message_length", -1)]) as ch:
-        raw = await ch.unary_unary(request.method)(request.payload, timeout=30)
+    async with request.channel() as channel:
+        raw = await channel.unary_unary(request.method)(request.payload, timeout=30, metadata=request.metadata or None)
     size = sum(len(c) for c in pb.ModelInferResponse.FromString(raw).raw_output_contents)
     if size != OUTPUT_BYTES[model]:
         raise RuntimeError(f"probe gRPC {model}: {size} output bytes, expected {OUTPUT_BYTES[model]}")

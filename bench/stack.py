@@ -19,6 +19,15 @@ Cases (``<path>@c<concurrency>``, at 1 and 16), each POSTing KServe's V1 body
 * ``full``: the gateway by model name, as a user calls it (gateway → queue-proxy → transformer → gateway →
   queue-proxy → predictor): the transformer calls its predictor through the same gateway, over V2 REST.
 
+The same over gRPC (``ModelInfer`` of the iris tensor, class indices back), to measure the gateway's gRPC front
+(:mod:`gateway.grpc_front`, which reads each call's ``:authority``) beside a gateway without it:
+
+* ``grpc-qp-predictor``: the predictor replica's queue-proxy gRPC port;
+* ``grpc-gateway-predictor``: the gateway's gRPC port with the channel authority
+  ``sklearn-iris-predictor.default.example.com`` (front → gRPC proxy → queue-proxy → predictor);
+* ``grpc-nofront-predictor``: a second gateway, ``--no-grpc-authority``, fed by the same controller, routed by the
+  ``x-servelane-host`` metadata entry instead (gRPC proxy → queue-proxy → predictor); its CPU is ``nofront``.
+
 A probe checks each path's answer first: class indices ``[1, 1]`` from the predictor paths, ``["versicolor",
 "versicolor"]`` on the full path. Server CPU (``srv``) is the process the load talks to; beside it, every process
 on the case's path has its own column of CPU per request: ``relay``, ``lean``, ``gateway``, ``trans-qp`` and
@@ -54,15 +63,17 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 
 from bench.harness import Case, Measurement, Options, Ratio, SuiteResult, probed, run_suite
-from bench.loadgen import HttpRequest, http_driver
-from bench.model_server import Check, probe_http
+from bench.loadgen import GrpcRequest, HttpRequest, grpc_driver, http_driver
+from bench.model_server import Check, grpc_infer, probe_http
+from model_server.grpc_gen import inference_pb2 as pb
 from tests.harness import ROOT, ServiceProcess, alive, argv, descendants, free_port
 
 HOST = "127.0.0.1"
@@ -72,8 +83,10 @@ BODY = json.dumps({"instances": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}).e
 CLASSES, SPECIES = [1, 1], ["versicolor", "versicolor"]
 CONCURRENCIES = (1, 16)
 PATHS = ("predictor", "qp-predictor", "relay-predictor", "lean-predictor", "gateway-predictor", "full")
-KEYS = [f"{path}@c{c}" for c in CONCURRENCIES for path in PATHS]  # side by side: every path at one concurrency
-HOPS = ("relay", "lean", "gateway", "trans-qp", "trans-ms", "pred-qp", "pred-ms")
+GRPC_PATHS = ("grpc-qp-predictor", "grpc-gateway-predictor", "grpc-nofront-predictor")
+# side by side: every path at one concurrency
+KEYS = [f"{path}@c{c}" for c in CONCURRENCIES for path in (*PATHS, *GRPC_PATHS)]
+HOPS = ("relay", "lean", "gateway", "nofront", "trans-qp", "trans-ms", "pred-qp", "pred-ms")
 ON_PATH = {
     "predictor": ("pred-ms",),
     "qp-predictor": ("pred-qp", "pred-ms"),
@@ -81,6 +94,9 @@ ON_PATH = {
     "lean-predictor": ("lean", "pred-qp", "pred-ms"),
     "gateway-predictor": ("gateway", "pred-qp", "pred-ms"),
     "full": ("gateway", "trans-qp", "trans-ms", "pred-qp", "pred-ms"),
+    "grpc-qp-predictor": ("pred-qp", "pred-ms"),
+    "grpc-gateway-predictor": ("gateway", "pred-qp", "pred-ms"),
+    "grpc-nofront-predictor": ("nofront", "pred-qp", "pred-ms"),
 }
 READY_TIMEOUT = 120.0  # seconds for `servelane up` to print "ready in"
 STOP_TIMEOUT = 60.0
@@ -97,6 +113,7 @@ class Stack:
     alone_port: int  # the standalone predictor
     relay_port: int  # bench.py_relay in front of the predictor replica's queue-proxy
     lean_port: int  # bench.py_lean_hop there
+    grpc_ports: dict[str, int]  # gRPC: "gateway", "qp" (the predictor replica's queue-proxy), "nofront"
     pids: dict[str, int]  # hop -> pid, "alone" -> the standalone predictor, "relay" and "lean" -> the floors
     notes: list[str] = field(default_factory=list)
 
@@ -142,6 +159,8 @@ def find_hops(up_pid: int, status: dict) -> tuple[dict[str, int], dict[str, int]
         upstream = _port(flag(procs[qp], "--upstream"))
         pids[f"{short}-ms"] = _one(procs, "model_server", "--http-port", upstream, f"the {component} model server")
         ports[component] = int(port)
+        if component == "predictor":
+            ports["predictor-grpc"] = int(_port(replicas[0]["grpc"]) or 0)
     return pids, ports
 
 
@@ -158,9 +177,9 @@ def alone_args(replica_argv: list[str], http_port: int, grpc_port: int) -> list[
 def serving(work: Path) -> Iterator[Stack]:
     """``servelane up examples/`` and the standalone predictor, ready; then both stopped, ``up`` by SIGTERM, and
     whatever was left below it reported (in the stack's notes) and killed."""
-    port, admin = free_port(), free_port()
+    port, grpc_port, admin = free_port(), free_port(), free_port()
     up = ServiceProcess.servelane_up(
-        ROOT / "examples", port=port, grpc_port=free_port(), admin_port=admin, log_dir=work / "logs"
+        ROOT / "examples", port=port, grpc_port=grpc_port, admin_port=admin, log_dir=work / "logs"
     ).start()
     notes: list[str] = []
     try:
@@ -174,13 +193,18 @@ def serving(work: Path) -> Iterator[Stack]:
             standalone(command_lines(up.pid)[pids["pred-ms"]]) as (alone, alone_port, args),
             floor("bench.py_relay", ports["predictor"]) as (relay, relay_port),
             floor(
-                "bench.py_lean_hop", ports["predictor"], PREDICTOR_HOST, "sklearn-iris-predictor-00001",
+                "bench.py_lean_hop",
+                ports["predictor"],
+                PREDICTOR_HOST,
+                "sklearn-iris-predictor-00001",
                 host=PREDICTOR_HOST,
             ) as (lean, lean_port),
+            second_gateway(flag(command_lines(up.pid)[pids["gateway"]], "--controller")) as (nofront, nofront_grpc),
         ):
             notes.append(f"predictor alone: python -m model_server {' '.join(args)}")
-            pids |= {"alone": alone.pid, "relay": relay.pid, "lean": lean.pid}
-            yield Stack(port, ports["predictor"], alone_port, relay_port, lean_port, pids, notes)
+            pids |= {"alone": alone.pid, "relay": relay.pid, "lean": lean.pid, "nofront": nofront.pid}
+            grpc_ports = {"gateway": grpc_port, "qp": ports["predictor-grpc"], "nofront": nofront_grpc}
+            yield Stack(port, ports["predictor"], alone_port, relay_port, lean_port, grpc_ports, pids, notes)
     finally:
         below = up.descendants() if up.proc is not None and up.proc.poll() is None else []
         code = up.stop(STOP_TIMEOUT)
@@ -206,6 +230,24 @@ def floor(module: str, upstream: int, *args: str, host: str | None = None) -> It
         yield hop, port
     finally:
         hop.stop()
+
+
+@contextlib.contextmanager
+def second_gateway(controller: str | None) -> Iterator[tuple[ServiceProcess, int]]:
+    """A gateway without the gRPC front (``--no-grpc-authority``) following up's controller; ready once it has the
+    routing state. Its gRPC port."""
+    if controller is None:
+        raise RuntimeError("the gateway below up has no --controller flag")
+    grpc_port, admin = free_port(), free_port()
+    ports = ("--port", str(free_port()), "--grpc-port", str(grpc_port), "--admin-port", str(admin))
+    gateway = ServiceProcess(
+        "gateway", "--controller", controller, *ports, "--metrics-port", str(free_port()), "--no-grpc-authority"
+    ).start()
+    try:
+        gateway.wait_http(f"http://{HOST}:{admin}/readyz", timeout=30)
+        yield gateway, grpc_port
+    finally:
+        gateway.stop()
 
 
 @contextlib.contextmanager
@@ -257,17 +299,50 @@ def check(expected: list) -> Check:
     return run
 
 
+def grpc_requests(stack: Stack) -> dict[str, GrpcRequest]:
+    """Each gRPC path's call: the iris tensor by model name, with the predictor's host as the gateway routes it."""
+    x = np.asarray(json.loads(BODY)["instances"], dtype=np.float32)
+    call = partial(grpc_infer, model=MODEL, name="input", x=x)
+    return {
+        "grpc-qp-predictor": call(f"{HOST}:{stack.grpc_ports['qp']}"),
+        "grpc-gateway-predictor": replace(call(f"{HOST}:{stack.grpc_ports['gateway']}"), authority=PREDICTOR_HOST),
+        "grpc-nofront-predictor": replace(
+            call(f"{HOST}:{stack.grpc_ports['nofront']}"), metadata=(("x-servelane-host", PREDICTOR_HOST),)
+        ),
+    }
+
+
+async def probe_classes(request: GrpcRequest) -> None:
+    async with request.channel() as channel:
+        raw = await channel.unary_unary(request.method)(request.payload, timeout=30, metadata=request.metadata or None)
+    response = pb.ModelInferResponse.FromString(raw)
+    names = [o.name for o in response.outputs]
+    if "label" not in names:
+        raise RuntimeError(f"probe gRPC {request.target}: no label output in {names}")
+    labels = np.frombuffer(response.raw_output_contents[names.index("label")], dtype=np.int64).tolist()
+    if labels != CLASSES:
+        raise RuntimeError(f"probe gRPC {request.target}: labels {labels}, expected {CLASSES}")
+
+
 def entry_pid(stack: Stack, path: str) -> int:
-    entries = {"predictor": "alone", "qp-predictor": "pred-qp", "relay-predictor": "relay", "lean-predictor": "lean"}
+    entries = {"predictor": "alone", "qp-predictor": "pred-qp", "relay-predictor": "relay", "lean-predictor": "lean",
+               "grpc-qp-predictor": "pred-qp", "grpc-nofront-predictor": "nofront"}  # fmt: skip
     return stack.pids[entries.get(path, "gateway")]
 
 
 def build_cases(stack: Stack, options: Options, wrk: str | None) -> list[Case]:
-    cases = []
-    for path, request in requests(stack).items():
-        drive = probed(
+    drives = {
+        path: probed(
             http_driver(request, wrk), partial(probe_http, request, check(SPECIES if path == "full" else CLASSES))
         )
+        for path, request in requests(stack).items()
+    }
+    drives |= {
+        path: probed(grpc_driver(request), partial(probe_classes, request))
+        for path, request in grpc_requests(stack).items()
+    }
+    cases = []
+    for path, drive in drives.items():
         hops = {hop: stack.pids["alone" if path == "predictor" else hop] for hop in ON_PATH[path]}
         cases += [
             Case(path, c, drive, entry_pid(stack, path), hop_pids=hops)
@@ -351,6 +426,19 @@ def ratios(run: dict[str, Measurement]) -> list[Ratio]:
                         None if gateway is None or not cost else gateway / cost,
                     )
                 )
+    for c in CONCURRENCIES:
+        qp, front, nofront = (f"{path}@c{c}" for path in GRPC_PATHS)
+        for case, hop, what in ((front, "gateway", "gateway with front"), (nofront, "nofront", "gateway, no front")):
+            if {qp, case} <= run.keys():
+                out.append(diff(f"gRPC {what} c{c}: added p50 over grpc-qp-predictor, ms", case, qp, "p50_ms"))
+            if case in run:
+                out.append(Ratio(f"gRPC {what} c{c}: CPU us/call", get(case, hop)))
+        if {front, nofront} <= run.keys():
+            out.append(diff(f"gRPC front c{c}: added p50, front - no front, ms", front, nofront, "p50_ms"))
+            x, y = get(front, "gateway"), get(nofront, "nofront")
+            out.append(
+                Ratio(f"gRPC front c{c}: CPU us/call, front - no front", None if x is None or y is None else x - y)
+            )
     for c in CONCURRENCIES:
         pred, full = f"predictor@c{c}", f"full@c{c}"
         if {pred, full} <= run.keys():
