@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from common.breaker import QueueFull
 from common.errors import ServelaneError
-from common.grpc_proxy import CallOutcome, GrpcProxy, build_grpc_proxy
+from common.grpc_proxy import UNARY_METHODS, CallOutcome, GrpcProxy, build_grpc_proxy
 from tests.models import build_add, build_identity_multi
 
 IRIS_ROWS = np.array([[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]], dtype=np.float32)
@@ -136,15 +136,23 @@ def admitter() -> Admitter:
     return Admitter()
 
 
-@pytest.fixture
-async def start_proxy(admitter: Admitter) -> AsyncIterator[Callable[..., Awaitable[tuple[GrpcProxy, str]]]]:
+# every test runs against both ways the proxy serves a call: the unary methods as unary-unary (the Open Inference
+# Protocol's by default, and here the echo's unary ones too), and everything as stream-stream
+UNARY = {"unary": UNARY_METHODS | {"/test.Echo/Metadata", "/test.Echo/Slow", "/test.Echo/Fail"}, "stream": frozenset()}
+
+
+@pytest.fixture(params=sorted(UNARY))
+async def start_proxy(
+    admitter: Admitter, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[..., Awaitable[tuple[GrpcProxy, str]]]]:
     """Factory: ``await start_proxy(upstream, timeout=..., max_message_bytes=...)`` -> (proxy, its address)."""
     proxies: list[GrpcProxy] = []
 
     async def start(upstream: str, timeout: float | None = None, max_message_bytes: int = 4 * MiB) -> Any:
         proxy = build_grpc_proxy(
-            upstream, admit=admitter, timeout=timeout, max_message_bytes=max_message_bytes, drop=KNATIVE
-        )
+            upstream, admit=admitter, timeout=timeout, max_message_bytes=max_message_bytes, drop=KNATIVE,
+            unary=UNARY[request.param],
+        )  # fmt: skip
         proxies.append(proxy)
         port = await proxy.start("127.0.0.1", 0)
         return proxy, f"127.0.0.1:{port}"

@@ -13,7 +13,7 @@ import pytest
 
 from common.errors import NotFound
 from common.grpc_proxy import Call, CallOutcome, GrpcProxy, build_routing_grpc_proxy
-from tests.common.test_grpc_proxy_functional import Echo
+from tests.common.test_grpc_proxy_functional import UNARY, Echo
 
 
 class Router:
@@ -62,13 +62,15 @@ async def _echo_server(echo: Echo) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-@pytest.fixture
-async def setup() -> AsyncIterator[tuple[GrpcProxy, grpc.aio.Channel, Router, dict[str, Echo]]]:
+@pytest.fixture(params=sorted(UNARY))  # both ways of serving a call, as in test_grpc_proxy_functional
+async def setup(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[GrpcProxy, grpc.aio.Channel, Router, dict[str, Echo]]]:
     echoes = {"a": Echo(), "b": Echo()}
     servers = {name: await _echo_server(echo) for name, echo in echoes.items()}
     router = Router({name: address for name, (_, address) in servers.items()})
     proxy = build_routing_grpc_proxy(route=router, max_message_bytes=1 << 20, drop=frozenset({"x-to"}),
-                                     handlers=(Local(),))  # fmt: skip
+                                     handlers=(Local(),), unary=UNARY[request.param])  # fmt: skip
     port = await proxy.start("127.0.0.1", 0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield proxy, channel, router, echoes
