@@ -388,13 +388,14 @@ class _AnyMethod(grpc.GenericRpcHandler):
 
     def __init__(self, call: Callable[..., object], unary: Callable[..., object], methods: frozenset[str]) -> None:
         self._call = call
-        self._unary = unary
-        self._unary_methods = methods
+        # built once: grpc inspects a handler's function each time one is made
+        self._unary = {m: grpc.unary_unary_rpc_method_handler(functools.partial(unary, m)) for m in methods}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
-        if method in self._unary_methods:
-            return grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, method))
+        handler = self._unary.get(method)
+        if handler is not None:
+            return handler
         return grpc.stream_stream_rpc_method_handler(functools.partial(self._call, method))
 
 
