@@ -146,6 +146,16 @@ async def _tritonclient_grpc(port: int) -> None:
         assert through.as_numpy("species").tolist() == [b"versicolor", b"versicolor"]
     finally:
         await client.close()
+    # the channel's authority names the predictor, as a KServe user's client behind an ingress does
+    client = grpcclient.InferenceServerClient(
+        f"127.0.0.1:{port}", channel_args=[("grpc.default_authority", PREDICTOR_HOST)]
+    )
+    try:
+        result = await client.infer("sklearn-iris", [x])
+        outputs = [(o.name, o.datatype, list(o.shape)) for o in result.get_response().outputs]
+        assert (outputs, result.as_numpy("label").tolist()) == (PREDICTOR_OUTPUTS, [1, 1])
+    finally:
+        await client.close()
 
 
 async def _run_printed_curl(curl: list[str]) -> None:
