@@ -20,6 +20,7 @@ from gateway.app import Gateway
 from gateway.grpc_routes import HOST_HEADER, SERVICE
 from gateway.state import RoutingState
 from model_server.grpc_gen import inference_pb2 as pb
+from tests.gateway.conftest import eventually
 from tests.gateway.documents import endpoint
 
 IRIS = np.array([[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]], dtype=np.float32)
@@ -31,10 +32,13 @@ class Echo(grpc.GenericRpcHandler):
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
+        self.gate: asyncio.Event | None = None  # when set up, every call waits for it before answering
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             self.received.append({m.key: m.value for m in context.invocation_metadata()})
+            if self.gate is not None:
+                await self.gate.wait()
             return request
 
         return grpc.unary_unary_rpc_method_handler(echo)
@@ -352,3 +356,24 @@ async def test_stopping_the_gateway_ends_the_fronts_connections_and_removes_its_
     assert not front.socket.parent.exists()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", gateway.ports["grpc"])
+
+
+async def test_a_call_in_flight_when_the_gateway_stops_finishes_through_the_front(
+    gateway: Gateway, echo: tuple[Echo, str]
+) -> None:
+    """SIGTERM's path: the gRPC port stops taking connections at once, and a call already on its way through the
+    front and the proxy gets its answer before the gateway is done stopping."""
+    handler, port = echo[0], gateway.ports["grpc"]
+    handler.gate = asyncio.Event()
+    request = pb.ModelInferRequest(model_name="echo-model", id="held").SerializeToString()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(INFER)(request, timeout=10)
+        await eventually(lambda: len(handler.received) == 1)
+        stopping = asyncio.create_task(gateway.stop())
+        await asyncio.sleep(0.3)
+        assert not stopping.done()
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+        handler.gate.set()
+        assert await call == request
+        await asyncio.wait_for(stopping, 5)
