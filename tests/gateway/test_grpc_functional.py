@@ -17,6 +17,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from gateway.app import Gateway
+from gateway.grpc_front import PREFACE
 from gateway.grpc_routes import HOST_HEADER, SERVICE
 from gateway.state import RoutingState
 from model_server.grpc_gen import inference_pb2 as pb
@@ -377,3 +378,18 @@ async def test_a_call_in_flight_when_the_gateway_stops_finishes_through_the_fron
         handler.gate.set()
         assert await call == request
         await asyncio.wait_for(stopping, 5)
+
+
+async def test_bytes_that_are_not_http2_end_their_connection_and_nothing_else(gateway: Gateway) -> None:
+    port = gateway.ports["grpc"]
+    for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", PREFACE + b"\x00\x00\x01\x09\x04\x00\x00\x00\x01\x82"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(garbage)
+        await asyncio.wait_for(reader.read(), 5)  # to EOF: closed (the server's SETTINGS may have come first)
+        assert reader.at_eof()
+        writer.close()
+    client = triton_aio.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        assert (await client.infer("sklearn-iris", [_input()])).as_numpy("label").tolist() == [1, 1]
+    finally:
+        await client.close()
