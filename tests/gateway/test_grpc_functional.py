@@ -233,16 +233,21 @@ async def test_internal_addresses_in_the_host_metadata_are_not_found_and_reach_n
         del echo[0].received[:]
         channels = set(gateway.grpc.channels)  # the echo's, a routing-state endpoint
         for host, request in hosts_and_requests:
-            for method, body in ((INFER, request), (SERVICE + "ServerMetadata", b"")):
-                with pytest.raises(grpc.aio.AioRpcError) as raised:
-                    await channel.unary_unary(method)(body, metadata=((HOST_HEADER, host),), timeout=5)
-                assert (raised.value.code(), raised.value.details()) == (
-                    grpc.StatusCode.NOT_FOUND,
-                    f'unknown host "{host}"',
-                ), (host, method)
+            await _unknown_host(channel, host, request, ((HOST_HEADER, host),))
     assert echo[0].received == []
     assert _requests_served(model_server) == served_before
     assert set(gateway.grpc.channels) == channels  # no channel opened to any address named
+
+
+async def _unknown_host(channel: grpc.aio.Channel, host: str, request: bytes, metadata: tuple = ()) -> None:
+    """ModelInfer and ServerMetadata on ``channel`` are NOT_FOUND for ``host``."""
+    for method, body in ((INFER, request), (SERVICE + "ServerMetadata", b"")):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await channel.unary_unary(method)(body, metadata=metadata, timeout=5)
+        assert (raised.value.code(), raised.value.details()) == (
+            grpc.StatusCode.NOT_FOUND,
+            f'unknown host "{host}"',
+        ), (host, method)
 
 
 # -- :authority, read by the gateway's gRPC front ------------------------------------------------------------------
@@ -320,13 +325,7 @@ async def test_internal_addresses_as_authority_are_not_found_and_reach_nothing(
     for host in (echo_address, f"127.0.0.1:{model_server.grpc_port}", f"localhost:{gateway.ports['admin']}"):
         options = [("grpc.default_authority", host)]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.ports['grpc']}", options=options) as channel:
-            for method, body in ((INFER, infer), (SERVICE + "ServerMetadata", b"")):
-                with pytest.raises(grpc.aio.AioRpcError) as raised:
-                    await channel.unary_unary(method)(body, timeout=5)
-                assert (raised.value.code(), raised.value.details()) == (
-                    grpc.StatusCode.NOT_FOUND,
-                    f'unknown host "{host}"',
-                ), (host, method)
+            await _unknown_host(channel, host, infer)
     assert echo[0].received == []
     assert _requests_served(model_server) == served_before
 
