@@ -213,3 +213,85 @@ def test_a_header_block_split_past_the_limit_is_refused() -> None:
     with pytest.raises(FrameError, match="a header block over 1048576 bytes"):
         for _ in range(70):
             frames.feed(piece)
+
+
+def test_random_connections_in_random_pieces_keep_every_frame_and_field() -> None:
+    """Many connections of random frames (blocks in one frame or several, padded or not, with priority or not,
+    large DATA frames, other frame types) fed in random pieces: every header block decodes (with hpack's decoder,
+    in order) to what was sent plus the authority field, every other frame comes out byte for byte, in order."""
+    rng = random.Random(11)
+    for _ in range(40):
+        encoder, stream = Encoder(), 1
+        data, sent = PREFACE, []  # sent: ("block", fields) or ("frame", bytes), in order
+        for _ in range(rng.randrange(1, 30)):
+            kind = rng.random()
+            if kind < 0.4:
+                authority = rng.choice(["a.example.com", "b.example.com:8081", "c" * 200])
+                fields = request(authority, **{f"m{i}": "x" * rng.randrange(300) for i in range(rng.randrange(4))})
+                if rng.random() < 0.2:
+                    fields = [("grpc-status", "0")]  # trailers: no authority, passed as they came
+                block = encoder.encode(fields, huffman=rng.random() < 0.5)
+                data += _random_block_frames(rng, block, stream)
+                sent.append(("block", fields))
+                stream += 2
+            else:
+                if kind < 0.8:
+                    payload = bytes(rng.randrange(256) for _ in range(rng.choice([0, 5, 100, 20000])))
+                    raw = frame(DATA, rng.choice([0, END_STREAM]), stream, payload)
+                else:
+                    raw = frame(rng.choice([SETTINGS, 0x6, 0x8]), 0, 0, b"\x00" * 8)  # SETTINGS, PING, WINDOW_UPDATE
+                data += raw
+                sent.append(("frame", raw))
+        frames, out, at = RequestFrames(), [], 0
+        while at < len(data):
+            size = rng.choice([1, 3, 9, 17, 100, 4096, 70000])
+            out += frames.feed(data[at : at + size])
+            at += size
+        _check_output(b"".join(out), sent)
+
+
+def _random_block_frames(rng: random.Random, block: bytes, stream: int) -> bytes:
+    pieces, at = [], 0
+    while True:  # the block in one or more fragments
+        size = rng.choice([len(block), 1, 10, 500])
+        pieces.append(block[at : at + size])
+        at += size
+        if at >= len(block):
+            break
+    flags, prefix, padding = END_STREAM if rng.random() < 0.1 else 0, b"", b""
+    if rng.random() < 0.3:
+        flags |= PADDED
+        padding = b"\x00" * rng.randrange(10)
+        prefix += bytes((len(padding),))
+    if rng.random() < 0.3:
+        flags |= PRIORITY
+        prefix += b"\x00\x00\x00\x00\x10"
+    out = frame(HEADERS, flags | (END_HEADERS if len(pieces) == 1 else 0), stream, prefix + pieces[0] + padding)
+    for n, piece in enumerate(pieces[1:], start=2):
+        out += frame(CONTINUATION, END_HEADERS if n == len(pieces) else 0, stream, piece)
+    return out
+
+
+def _check_output(out: bytes, sent: list) -> None:
+    decoder, held, got = Decoder(), None, []
+    for kind, flags, stream, payload in frames_of(out):
+        if kind == HEADERS:
+            assert held is None
+            start, stop = 0, len(payload)
+            if flags & PADDED:
+                start, stop = 1, stop - payload[0]
+            held = payload[start + (5 if flags & PRIORITY else 0) : stop]
+        elif kind == CONTINUATION:
+            held += payload
+        else:
+            assert held is None
+            got.append(("frame", frame(kind, flags, stream, payload)))
+            continue
+        if flags & END_HEADERS:
+            got.append(("block", decoder.decode(held)))
+            held = None
+    expected = []
+    for kind, item in sent:
+        authority = dict(item).get(":authority") if kind == "block" else None
+        expected.append((kind, [*item, (AUTHORITY_HEADER, authority)] if authority else item))
+    assert got == expected
