@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 
@@ -388,8 +388,9 @@ class _AnyMethod(grpc.GenericRpcHandler):
 
     def __init__(self, call: Callable[..., object], unary: Callable[..., object], methods: frozenset[str]) -> None:
         self._call = call
-        # built once: grpc inspects a handler's function each time one is made
-        self._unary = {m: grpc.unary_unary_rpc_method_handler(functools.partial(unary, m)) for m in methods}
+        # built once; each a plain coroutine function, not a partial: grpc asks inspect whether a handler is a
+        # coroutine function on every call, and a partial costs it a signature walk each time
+        self._unary = {m: grpc.unary_unary_rpc_method_handler(_bound(unary, m)) for m in methods}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
@@ -397,6 +398,13 @@ class _AnyMethod(grpc.GenericRpcHandler):
         if handler is not None:
             return handler
         return grpc.stream_stream_rpc_method_handler(functools.partial(self._call, method))
+
+
+def _bound(unary: Callable[..., Awaitable[bytes | None]], method: str) -> Callable[..., Awaitable[bytes | None]]:
+    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
+        return await unary(method, request, context)
+
+    return handle
 
 
 class _NoMoreRequests:
