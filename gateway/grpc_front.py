@@ -34,7 +34,7 @@ AUTHORITY_HEADER = "x-servelane-authority"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_HEADER_BLOCK = 1024 * 1024  # bytes held for one header block; more ends the connection
 MAX_FRAME = 16384  # SETTINGS_MAX_FRAME_SIZE's initial value: rebuilt header frames never exceed it
-_HEADERS, _PRIORITY_FRAME, _PUSH_PROMISE, _CONTINUATION = 0x1, 0x2, 0x5, 0x9
+_HEADERS, _PUSH_PROMISE, _CONTINUATION = 0x1, 0x5, 0x9
 _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
 _HIGH_WATER = 256 * 1024  # per transport: past this, the other side stops reading
 _FIELD_NAME = AUTHORITY_HEADER.encode()
@@ -280,14 +280,15 @@ class _ClientSide(_Side):
     def __init__(self, front: GrpcFront) -> None:
         self.front = front
         self.frames = RequestFrames()
-        self.early: list[bytes] = []  # read before the server side connected (reading is paused, but a chunk may
-        # already be on its way)
+        # what was read before the server side connected (reading is paused, but a first chunk may come anyway)
+        self.early: list[bytes] = []
+        self.connecting: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         transport.pause_reading()  # type: ignore[attr-defined]  # until the server side is connected
         self.front._opened(self)
-        asyncio.get_running_loop().create_task(self._connect())
+        self.connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
