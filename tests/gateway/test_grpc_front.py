@@ -38,9 +38,10 @@ def frames_of(data: bytes) -> list[tuple[int, int, int, bytes]]:
     return found
 
 
-def header_blocks(data: bytes) -> list[tuple[int, int, list[tuple[str, str]]]]:
-    """(stream, HEADERS flags, fields) of each header block, decoded by hpack's decoder in order."""
-    decoder, blocks, held = Decoder(), [], None
+def decoded(data: bytes) -> list[tuple]:
+    """Every frame after the preface in order: ("block", stream, HEADERS flags, fields) for each header block,
+    decoded by hpack's decoder, ("frame", bytes) for any other frame."""
+    decoder, found, held = Decoder(), [], None
     for kind, flags, stream, payload in frames_of(data):
         if kind == HEADERS:
             assert held is None
@@ -54,11 +55,17 @@ def header_blocks(data: bytes) -> list[tuple[int, int, list[tuple[str, str]]]]:
             held[2] += payload
         else:
             assert held is None
+            found.append(("frame", frame(kind, flags, stream, payload)))
             continue
         if flags & END_HEADERS:
-            blocks.append((held[0], held[1], decoder.decode(held[2])))
+            found.append(("block", held[0], held[1], decoder.decode(held[2])))
             held = None
-    return blocks
+    return found
+
+
+def header_blocks(data: bytes) -> list[tuple[int, int, list[tuple[str, str]]]]:
+    """(stream, HEADERS flags, fields) of each header block."""
+    return [item[1:] for item in decoded(data) if item[0] == "block"]
 
 
 # -- AuthorityReader ---------------------------------------------------------------------------------------------
@@ -273,23 +280,7 @@ def _random_block_frames(rng: random.Random, block: bytes, stream: int) -> bytes
 
 
 def _check_output(out: bytes, sent: list) -> None:
-    decoder, held, got = Decoder(), None, []
-    for kind, flags, stream, payload in frames_of(out):
-        if kind == HEADERS:
-            assert held is None
-            start, stop = 0, len(payload)
-            if flags & PADDED:
-                start, stop = 1, stop - payload[0]
-            held = payload[start + (5 if flags & PRIORITY else 0) : stop]
-        elif kind == CONTINUATION:
-            held += payload
-        else:
-            assert held is None
-            got.append(("frame", frame(kind, flags, stream, payload)))
-            continue
-        if flags & END_HEADERS:
-            got.append(("block", decoder.decode(held)))
-            held = None
+    got = [item if item[0] == "frame" else ("block", item[3]) for item in decoded(out)]
     expected = []
     for kind, item in sent:
         authority = dict(item).get(":authority") if kind == "block" else None
