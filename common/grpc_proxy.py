@@ -70,9 +70,9 @@ _TRANSPORT = frozenset(
 _CONNECT_FAILED = "failed to connect to all addresses"
 _LOCAL_DEADLINE = "Deadline Exceeded"
 _INTERNAL_MESSAGE = "Internal server error"
-_OIP = "/inference.GRPCInferenceService/"
+OIP_SERVICE = "/inference.GRPCInferenceService/"  # the Open Inference Protocol's gRPC service, as a method path prefix
 UNARY_METHODS = frozenset(
-    _OIP + name
+    OIP_SERVICE + name
     for name in (
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
         "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",

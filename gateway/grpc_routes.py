@@ -37,7 +37,7 @@ from types import TracebackType
 import grpc
 
 from common.errors import NotFound, ServelaneError, Unavailable, http_status_of
-from common.grpc_proxy import Call, CallOutcome
+from common.grpc_proxy import OIP_SERVICE, Call, CallOutcome
 from common.request_ids import RequestIds
 from gateway.balancer import Backends, Lease
 from gateway.config import SERVER_NAME, SERVER_VERSION
@@ -46,7 +46,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.routing import Destination, RoutingTable, split_host
 
 HOST_HEADER = "x-servelane-host"
-SERVICE = "/inference.GRPCInferenceService/"
+SERVICE = OIP_SERVICE
 MODEL_METHODS = frozenset(SERVICE + m for m in ("ModelInfer", "ModelStreamInfer", "ModelMetadata", "ModelReady"))
 # Never taken from a client: the gateway sets the first two itself, and the queue-proxy would make the third the Host.
 DROPPED = frozenset(
