@@ -125,19 +125,9 @@ class RequestFrames:
 
     def _one_frame_block(self, data: bytes, pos: int, stop: int, flags: int, stream: int) -> list[bytes] | None:
         """A HEADERS frame with END_HEADERS at ``data[pos:stop]``: None when it passes as it is."""
-        start = pos + 9
-        priority = b""
+        start, priority = pos + 9, b""
         if flags & (_PADDED | _PRIORITY):
-            if flags & _PADDED:
-                if stop == start:
-                    raise FrameError("a padded HEADERS frame without its pad length")
-                stop -= data[start]
-                start += 1
-            if flags & _PRIORITY:
-                priority = data[start : start + 5]
-                start += 5
-            if stop < start:
-                raise FrameError("a HEADERS frame's padding is longer than the frame")
+            start, stop, priority = _headers_payload(data, start, stop, flags)
         return self._rebuilt(data[start:stop], stream, flags, priority)
 
     def _block_frame(self, frame: bytes, kind: int, flags: int, stream: int) -> list[bytes] | None:
@@ -146,18 +136,7 @@ class RequestFrames:
         if kind == _HEADERS:
             if self._block is not None:
                 raise FrameError("a HEADERS frame inside another header block")
-            start, stop = 9, len(frame)
-            if flags & _PADDED:
-                if stop == start:
-                    raise FrameError("a padded HEADERS frame without its pad length")
-                stop -= frame[start]
-                start += 1
-            priority = b""
-            if flags & _PRIORITY:
-                priority = frame[start : start + 5]
-                start += 5
-            if stop < start:
-                raise FrameError("a HEADERS frame's padding is longer than the frame")
+            start, stop, priority = _headers_payload(frame, 9, len(frame), flags)
             self._block, self._fragments = [frame], [frame[start:stop]]
             self._block_head = (stream, flags, priority)
             self._held = len(frame)
@@ -199,6 +178,23 @@ class RequestFrames:
             last = at + MAX_FRAME >= len(block)
             out.append(_frame(_CONTINUATION, _END_HEADERS if last else 0, stream, block[at : at + MAX_FRAME]))
         return out
+
+
+def _headers_payload(data: bytes, start: int, stop: int, flags: int) -> tuple[int, int, bytes]:
+    """A HEADERS frame's payload at ``data[start:stop]`` without its pad length, priority fields and padding:
+    where its block fragment starts and stops, and the 5 priority bytes (empty when it has none)."""
+    priority = b""
+    if flags & _PADDED:
+        if stop == start:
+            raise FrameError("a padded HEADERS frame without its pad length")
+        stop -= data[start]
+        start += 1
+    if flags & _PRIORITY:
+        priority = data[start : start + 5]
+        start += 5
+    if stop < start:
+        raise FrameError("a HEADERS frame's padding is longer than the frame")
+    return start, stop, priority
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
