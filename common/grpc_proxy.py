@@ -238,13 +238,13 @@ class GrpcProxy:
 
     async def _unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
         received: Metadata = tuple(context.invocation_metadata() or ())
-        call = Call(method, _text(received), _NO_REQUESTS, _first=request, _peeked=True, unary=True)
+        call = Call(method, text_metadata(received), _NO_REQUESTS, _first=request, _peeked=True, unary=True)
         await self._serve(call, context, received)
         return call.response  # None with a status other than OK set, as grpc allows
 
     async def _call(self, method: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         received: Metadata = tuple(context.invocation_metadata() or ())
-        await self._serve(Call(method, _text(received), requests), context, received)
+        await self._serve(Call(method, text_metadata(received), requests), context, received)
 
     async def _serve(self, call: Call, context: grpc.aio.ServicerContext, received: Metadata) -> None:
         try:
@@ -489,7 +489,7 @@ def _merge(metadata: Metadata, reply: Metadata) -> Metadata:
     return tuple((key, value) for key, value in metadata if key not in names) + reply
 
 
-def _text(received: Metadata) -> dict[str, str]:
+def text_metadata(received: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
     """The call's text metadata as headers for ``admit`` (repeated keys joined with ", "; ``-bin`` left out)."""
     headers: dict[str, str] = {}
     for key, value in received:

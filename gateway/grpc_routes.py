@@ -37,7 +37,7 @@ from types import TracebackType
 import grpc
 
 from common.errors import NotFound, ServelaneError, Unavailable, http_status_of
-from common.grpc_proxy import OIP_SERVICE, Call, CallOutcome
+from common.grpc_proxy import OIP_SERVICE, Call, CallOutcome, text_metadata
 from common.request_ids import RequestIds
 from gateway.balancer import Backends, Lease
 from gateway.config import SERVER_NAME, SERVER_VERSION
@@ -200,12 +200,9 @@ class ServerMethods(grpc.GenericRpcHandler):
         handler = self._methods.get(handler_call_details.method)
         if handler is None:
             return None
-        metadata = {}
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == HOST_HEADER:
-                return None
-            if key == AUTHORITY_HEADER and isinstance(value, str):
-                metadata[key] = f"{metadata[key]}, {value}" if key in metadata else value
+        metadata = text_metadata(handler_call_details.invocation_metadata or ())
+        if HOST_HEADER in metadata:
+            return None
         host = authority(metadata)
         table = self._table()
         if host and table is not None and not table.is_own(*split_host(host)):
