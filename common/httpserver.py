@@ -392,6 +392,8 @@ class _Connection(asyncio.Protocol):
         self._closed = False
         self._lingering = False
         self.head_started: float | None = None  # while a request head is arriving
+        # common.proxy.upstream_headers's result for the last request, kept for the next (the same fields, mostly)
+        self.upstream_fields: tuple[list[tuple[bytes, bytes]], frozenset[bytes], str | None, bytes] | None = None
 
     @property
     def idle(self) -> bool:

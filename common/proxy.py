@@ -478,7 +478,21 @@ def upstream_headers(
     """The request's header fields as an upstream should get them, encoded, in one pass over the undecoded ones:
     hop-by-hop fields and body framing gone (the client frames the body), with those the Connection header names;
     ``drop`` (lower-case names) gone; Host replaced by ``host`` if given; X-Forwarded-* set and a Forwarded header
-    synthesised from them when the request has none."""
+    synthesised from them when the request has none.
+
+    A client on a kept-alive connection mostly sends the same fields with every request; the result for the
+    connection's last request is kept on the connection, and given again when this request's fields, ``drop``
+    and ``host`` are the same (everything else it depends on, the peer and the scheme, is the connection's)."""
+    raw, conn = request.raw_headers, request._conn
+    last = conn.upstream_fields
+    if last is not None and last[0] == raw and last[1] == drop and last[2] == host:
+        return last[3]
+    block = _upstream_headers(request, drop, host)
+    conn.upstream_fields = (raw, drop, host, block)
+    return block
+
+
+def _upstream_headers(request: Request, drop: frozenset[bytes], host: str | None) -> bytes:
     fields = request.fields
     special = _special_out(drop)  # every name that is not passed on as it came: one set lookup for most fields
     connection = fields.get(b"connection")

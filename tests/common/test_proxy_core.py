@@ -10,7 +10,7 @@ from common.proxy import SWEEP_SECONDS, Deadlines, _own_forwarding, response_hea
 
 
 def request(*fields: tuple[str, str]) -> Request:
-    conn = SimpleNamespace(remote="10.0.0.9")
+    conn = SimpleNamespace(remote="10.0.0.9", upstream_fields=None)
     raw = [(name.encode(), value.encode()) for name, value in fields]
     return Request(conn, "POST", "/v1/models/m:predict", raw, "1.1")  # type: ignore[arg-type]
 
@@ -84,6 +84,22 @@ def test_a_request_with_no_forwarding_fields_gets_them_from_its_connection_and_h
         "X-Forwarded-For: 10.0.0.9",
         "X-Forwarded-Proto: http",
     ]
+
+
+def test_a_connections_next_request_with_the_same_fields_reuses_the_block_and_any_change_makes_a_new_one():
+    conn = SimpleNamespace(remote="10.0.0.9", upstream_fields=None)
+
+    def on_conn(*pairs: tuple[str, str]) -> Request:
+        raw = [(name.encode(), value.encode()) for name, value in pairs]
+        return Request(conn, "POST", "/", raw, "1.1")  # type: ignore[arg-type]
+
+    first = upstream_headers(on_conn(("Host", "a"), ("X-Trace", "1")))
+    assert upstream_headers(on_conn(("Host", "a"), ("X-Trace", "1"))) is first  # kept, not made again
+    assert lines(upstream_headers(on_conn(("Host", "a"), ("X-Trace", "2"))))[1] == "X-Trace: 2"
+    assert lines(upstream_headers(on_conn(("Host", "a"), ("X-Trace", "2")), host="b"))[0] == "Host: b"
+    dropped = upstream_headers(on_conn(("Host", "a"), ("X-Trace", "2")), drop=frozenset({b"x-trace"}))
+    assert b"X-Trace" not in dropped
+    assert upstream_headers(on_conn(("Host", "a"), ("X-Trace", "1"))) == first
 
 
 def fields(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
