@@ -386,7 +386,8 @@ class _Connection(asyncio.Protocol):
         self._url: list[bytes] = []
         self._raw: list[tuple[bytes, bytes]] = []
         self._fields: dict[bytes, bytes] = {}
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the request head being read, counted per read (data_received)
+        self._received = 0  # bytes in the read being parsed
         self._flow = WriteFlow(self.loop)
         self._reading_paused = False
         self._closed = False
@@ -407,6 +408,7 @@ class _Connection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self._received = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -416,6 +418,11 @@ class _Connection(asyncio.Protocol):
                 self.refuse(431, "request head too large")
             elif not self._closed:
                 self.refuse(400, f"malformed request: {exc}")
+            return
+        if self.head_started is not None:  # a head goes on into the next read: count this one against its limit
+            self._head_bytes += len(data)
+            if self._head_bytes > self.server.max_head_bytes:
+                self.refuse(431, "request head too large")
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closed = True
@@ -443,19 +450,21 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        self._head_bytes += len(url)
-        if self._head_bytes > self.server.max_head_bytes:
-            raise ValueError("request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw.append((name, value))
         self._fields.setdefault(name.lower(), value)  # each field's first value, by lower-case name
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > self.server.max_head_bytes:
-            raise ValueError("request head too large")
 
     def on_headers_complete(self) -> None:
         self.head_started = None
+        # The head's size is checked per read, not per field: reads before this one that ended inside the head
+        # were counted in data_received, and this read is at most len(data) more. Only when those could add up to
+        # more than the limit is the head measured (its target and fields: as much as a client can make us keep).
+        limit = self.server.max_head_bytes
+        if self._head_bytes + self._received > limit:
+            self._head_bytes = len(b"".join(self._url)) + sum(len(n) + len(v) for n, v in self._raw)
+            if self._head_bytes > limit:
+                raise ValueError("request head too large")
         parser = self.parser
         method = parser.get_method()
         raw, fields = self._raw, self._fields

@@ -151,6 +151,43 @@ async def test_errors_the_server_answers_itself(served):
     assert out.startswith(b"HTTP/1.1 431 ")
 
 
+async def test_the_head_limit_holds_however_the_head_arrives(served):
+    _, server, port = served
+    limit = server.max_head_bytes
+    # many small fields in one write, over the limit together
+    many = b"".join(b"X-F%d: %b\r\n" % (i, b"v" * 90) for i in range(limit // 90))
+    out = await exchange(port, b"GET / HTTP/1.1\r\nHost: h\r\n" + many + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 431 ")
+    # a head that never ends, sent in small writes: refused once the limit is passed, not read for ever
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = asyncio.ensure_future(reader.read(200))
+    sent = 0
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n")
+        while not answer.done() and sent < 4 * limit:
+            writer.write(b"X-Slow-%d: %b\r\n" % (sent, b"s" * 990))
+            sent += 1000
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        out = await asyncio.wait_for(answer, 5)
+    finally:
+        writer.close()
+    assert out.startswith(b"HTTP/1.1 431 "), out[:100]
+    assert limit <= sent <= limit + 70_000  # refused soon after the limit (give or take one read)
+    # a large head under the limit, in small writes, is served
+    fields = b"".join(b"X-F%d: %b\r\n" % (i, b"v" * 90) for i in range(limit // 200))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        data = b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n" + fields + b"\r\n"
+        for start in range(0, len(data), 700):
+            writer.write(data[start : start + 700])
+            await writer.drain()
+        out = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"GET /ok 0 None")
+
+
 async def test_a_client_that_goes_away_cancels_its_handler(served):
     app, _, port = served
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
