@@ -91,6 +91,7 @@ class _Connection(asyncio.Protocol):
         self.lost: BaseException | None = None
         self.used = False
         self.listener: Listener | None = None
+        self._raw: list[tuple[bytes, bytes]] = []  # the fields of the response being parsed
         self._head: asyncio.Future[None] | None = None
         self._flow = WriteFlow(loop)
 
@@ -117,12 +118,12 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._raw = []  # the fields go straight into the response's list (a stray response's: into this one)
         if self.response is not None:
-            self.response.raw = []
+            self.response.raw = self._raw
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.response is not None:
-            self.response.raw.append((name, value))
+        self._raw.append((name, value))
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -130,7 +131,7 @@ class _Connection(asyncio.Protocol):
             return
         response.status = self.parser.get_status_code()
         if response.status < 200:  # 1xx: an interim answer; the real head follows
-            response.raw = []
+            response.raw = self._raw = []
             return
         if response.head_only or response.status in _NO_BODY_STATUSES:
             response.complete = True
