@@ -63,7 +63,6 @@ class LeastOutstanding:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._outstanding: dict[tuple[str, str], int] = {}  # (revision, endpoint http address) -> requests
-        self._by_revision: dict[str, int] = {}
         self._live: frozenset[tuple[str, str]] | None = None  # None: no state seen yet, keep every key
 
     def __repr__(self) -> str:
@@ -82,7 +81,6 @@ class LeastOutstanding:
         endpoint = self._least(revision.name, candidates)
         key = (revision.name, endpoint.http)
         self._outstanding[key] = self._outstanding.get(key, 0) + 1
-        self._by_revision[revision.name] = self._by_revision.get(revision.name, 0) + 1
         address = endpoint.http if protocol == "http" else endpoint.grpc
         assert address is not None
         return Lease(self, key, address, revision.name)
@@ -91,8 +89,13 @@ class LeastOutstanding:
         return self._outstanding.get((revision, endpoint), 0)
 
     def in_flight(self) -> dict[str, int]:
-        """Requests holding a lease, by revision (revisions with none left out)."""
-        return {name: n for name, n in self._by_revision.items() if n}
+        """Requests holding a lease, by revision (revisions with none left out): summed here, when the metrics are
+        scraped, rather than counted by revision on every request."""
+        totals: dict[str, int] = {}
+        for (revision, _), n in self._outstanding.items():
+            if n:
+                totals[revision] = totals.get(revision, 0) + n
+        return totals
 
     def retain(self, revisions: Mapping[str, Revision]) -> None:
         self._live = frozenset(_keys(revisions.values()))
@@ -109,9 +112,6 @@ class LeastOutstanding:
 
     def _release(self, key: tuple[str, str]) -> None:
         left = self._outstanding[key] - 1
-        self._by_revision[key[0]] -= 1
-        if not self._by_revision[key[0]]:
-            del self._by_revision[key[0]]
         if left or self._live is None or key in self._live:
             self._outstanding[key] = left
         else:
