@@ -123,7 +123,7 @@ async def test_metadata_added_and_request_id_echoed(gateway: Gateway, echo: tupl
     assert first["knative-serving-revision"] == "echo-predictor-00001"
     assert first["knative-serving-namespace"] == "test"
     assert first["traceparent"] == "00-ab-cd-01"
-    assert len(first["x-request-id"]) == 36 and initial["x-request-id"] == first["x-request-id"]
+    assert len(first["x-request-id"]) == 32 and initial["x-request-id"] == first["x-request-id"]
     assert second["x-request-id"] == "mine"
 
 
