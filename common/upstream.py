@@ -234,7 +234,7 @@ class UpstreamResponse:
         self.complete = False
         self.keep_alive = False
         self.buffered = 0
-        self._chunks: deque[bytes] = deque()
+        self._chunks: list[bytes] = []  # not a deque: a deque allocates a 64-slot block, per response
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
 
@@ -257,11 +257,12 @@ class UpstreamResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:
             while self._chunks:
-                piece = self._chunks.popleft()
-                self.buffered -= len(piece)
-                if self.buffered <= HIGH_WATER // 2:
-                    self._conn.resume()
-                yield piece
+                pieces, self._chunks = self._chunks, []  # what arrives meanwhile goes to the new list
+                for piece in pieces:
+                    self.buffered -= len(piece)
+                    if self.buffered <= HIGH_WATER // 2:
+                        self._conn.resume()
+                    yield piece
             if self.complete:
                 return
             if self._conn.lost is not None:
@@ -278,7 +279,7 @@ class UpstreamResponse:
     def body(self) -> bytes:
         """The whole body of a complete response."""
         data = b"".join(self._chunks)
-        self._chunks.clear()
+        self._chunks = []
         self.buffered = 0
         return data
 
