@@ -54,7 +54,7 @@ class GatewayMetrics:
         )
         self.version.set_function(version)
         self._revisions: dict[str, tuple[str, str, str]] = {}  # revision -> its label values
-        self._series: dict[tuple[str, str, str, str, int], HistogramChild] = {}
+        self._series: dict[tuple[str | None, str, int], HistogramChild] = {}  # (revision, protocol, status)
         self.registry.register(_InFlight(in_flight, self._revisions))
 
     def __repr__(self) -> str:
@@ -62,22 +62,32 @@ class GatewayMetrics:
 
     def observe(self, revision: str | None, protocol: str, status: int, seconds: float) -> None:
         """Record one answered request; ``revision`` None when the request matched none."""
+        series = self._series.get((revision, protocol, status))
+        if series is None:
+            series = self._new_series(revision, protocol, status)
+            if series is None:
+                return  # the revision left the routing state while this request was in flight
+        series.observe(seconds)
+
+    def _new_series(self, revision: str | None, protocol: str, status: int) -> HistogramChild | None:
+        """The histogram series of a (revision, protocol, status) seen for the first time: kept by exact status,
+        which is one lookup per request (statuses of one class share their series)."""
         labels = UNROUTED if revision is None else self._revisions.get(revision)
         if labels is None:
-            return  # the revision left the routing state while this request was in flight
-        key = (*labels, protocol, status // 100)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = self.duration.labels(*labels, protocol, f"{status // 100}xx")
-        series.observe(seconds)
+            return None
+        series = self.duration.labels(*labels, protocol, f"{status // 100}xx")
+        self._series[(revision, protocol, status)] = series
+        return series
 
     def retain(self, revisions: Mapping[str, Revision]) -> None:
         """The routing state changed: label values for its revisions; the series of any other are removed."""
+        gone = {name: labels for name, labels in self._revisions.items() if name not in revisions}
         self._revisions.clear()
         self._revisions.update({n: (r.service, r.namespace, n) for n, r in revisions.items()})
-        for key in [k for k in self._series if k[2] and k[2] not in self._revisions]:
+        for key in [k for k in self._series if k[0] in gone]:
+            revision, protocol, status = key
             del self._series[key]
-            self.duration.remove(*key[:4], f"{key[4]}xx")
+            self.duration.remove(*gone[revision], protocol, f"{status // 100}xx")
 
     def handler(self) -> Handler:
         """The metrics port: ``GET /metrics`` in Prometheus text, or OpenMetrics when the scraper asks for it."""
