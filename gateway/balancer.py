@@ -71,14 +71,14 @@ class LeastOutstanding:
 
     def acquire(self, revision: Revision, protocol: Kind = "http") -> Lease:
         endpoints = revision.endpoints
-        if len(endpoints) == 1 and endpoints[0].ready and protocol == "http":  # one replica: no choice to make
-            candidates = [endpoints[0]]
+        if len(endpoints) == 1 and endpoints[0].ready and protocol == "http":
+            endpoint = endpoints[0]  # one replica: no choice to make
         else:
             candidates = [e for e in endpoints if e.ready and (protocol == "http" or e.grpc)]
-        if not candidates:
-            kind = "" if protocol == "http" else " with a gRPC port"
-            raise Unavailable(f"no ready replica{kind} for revision {revision.name}")
-        endpoint = self._least(revision.name, candidates)
+            if not candidates:
+                kind = "" if protocol == "http" else " with a gRPC port"
+                raise Unavailable(f"no ready replica{kind} for revision {revision.name}")
+            endpoint = self._least(revision.name, candidates)
         key = (revision.name, endpoint.http)
         self._outstanding[key] = self._outstanding.get(key, 0) + 1
         address = endpoint.http if protocol == "http" else endpoint.grpc
