@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServiceProcess:
-    def __init__(self, module: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, module: str, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
         self.argv = [sys.executable, "-m", module, *args]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.cwd = cwd  # a module runs from this source tree (bench.ab_gateway starts one from another revision)
         self._log = tempfile.NamedTemporaryFile(prefix=f"{module}-", suffix=".log", delete=False)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -59,7 +60,7 @@ class ServiceProcess:
         return f"<ServiceProcess {' '.join(shown)} {state}>"
 
     def start(self) -> ServiceProcess:
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         return self
 
     @property
