@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.harness import process_cpu_seconds
-from bench.loadgen import HttpRequest, find_wrk, wrk_load
-from bench.stack import BODY, HOST, MODEL, PREDICTOR_HOST, READY_TIMEOUT, STOP_TIMEOUT, command_lines, flag
+from bench.loadgen import find_wrk, wrk_load
+from bench.stack import READY_TIMEOUT, STOP_TIMEOUT, by_predictor_host, command_lines, flag, second_gateway
 from tests.harness import ROOT, ServiceProcess, free_port
 
 
@@ -43,43 +43,22 @@ def worktree(base: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def stack(logs: Path) -> Iterator[str]:
-    """``servelane up examples/``, ready; its controller's URL."""
+def stack(logs: Path) -> Iterator[str | None]:
+    """``servelane up examples/``, ready; its controller's URL (None without one: second_gateway says so)."""
     up = ServiceProcess.servelane_up(
         ROOT / "examples", port=free_port(), grpc_port=free_port(), admin_port=free_port(), log_dir=logs
     ).start()
     try:
         up.wait_output("servelane: ready in", READY_TIMEOUT)
         gateway = next(a for a in command_lines(up.pid).values() if flag(a, "-m") == "gateway")
-        controller = flag(gateway, "--controller")
-        if controller is None:
-            raise RuntimeError("the gateway below up has no --controller flag")
-        yield controller
+        yield flag(gateway, "--controller")
     finally:
         up.stop(STOP_TIMEOUT)
 
 
-@contextlib.contextmanager
-def gateway(controller: str, source: Path) -> Iterator[tuple[int, int]]:
-    """A gateway from the source tree ``source``, following ``controller``; (pid, HTTP port) once it routes."""
-    port, admin = free_port(), free_port()
-    process = ServiceProcess(
-        "gateway", "--controller", controller, "--port", str(port), "--grpc-port", str(free_port()),
-        "--admin-port", str(admin), "--metrics-port", str(free_port()), "--no-grpc-authority", cwd=source,
-    ).start()  # fmt: skip
-    try:
-        process.wait_http(f"http://{HOST}:{admin}/readyz", timeout=30)
-        yield process.pid, port
-    finally:
-        process.stop()
-
-
 async def one_run(wrk: str, pid: int, port: int, concurrency: int, seconds: float) -> tuple[float, float, float]:
     """(CPU µs per request, rps, p50 ms) of one wrk run against the gateway ``pid`` listening on ``port``."""
-    request = HttpRequest(
-        f"http://{HOST}:{port}/v1/models/{MODEL}:predict", BODY,
-        (("Content-Type", "application/json"), ("Host", PREDICTOR_HOST)),
-    )  # fmt: skip
+    request = by_predictor_host(port)
     before = process_cpu_seconds(pid)
     load = await wrk_load(wrk, request, concurrency, seconds)
     cpu = process_cpu_seconds(pid) - before
@@ -121,10 +100,10 @@ def main(argv: list[str]) -> int:
         worktree(args.base) as source,
         tempfile.TemporaryDirectory(prefix="ab-gateway-logs-") as logs,
         stack(Path(logs)) as controller,
-        gateway(controller, source) as base,
-        gateway(controller, ROOT) as head,
+        second_gateway(controller, source) as (base, base_port, _),
+        second_gateway(controller, ROOT) as (head, head_port, _),
     ):
-        return asyncio.run(compare(wrk, base, head, args))
+        return asyncio.run(compare(wrk, (base.pid, base_port), (head.pid, head_port), args))
 
 
 if __name__ == "__main__":

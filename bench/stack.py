@@ -199,7 +199,7 @@ def serving(work: Path) -> Iterator[Stack]:
                 "sklearn-iris-predictor-00001",
                 host=PREDICTOR_HOST,
             ) as (lean, lean_port),
-            second_gateway(flag(command_lines(up.pid)[pids["gateway"]], "--controller")) as (nofront, nofront_grpc),
+            second_gateway(flag(command_lines(up.pid)[pids["gateway"]], "--controller")) as (nofront, _, nofront_grpc),
         ):
             notes.append(f"predictor alone: python -m model_server {' '.join(args)}")
             pids |= {"alone": alone.pid, "relay": relay.pid, "lean": lean.pid, "nofront": nofront.pid}
@@ -233,19 +233,19 @@ def floor(module: str, upstream: int, *args: str, host: str | None = None) -> It
 
 
 @contextlib.contextmanager
-def second_gateway(controller: str | None) -> Iterator[tuple[ServiceProcess, int]]:
-    """A gateway without the gRPC front (``--no-grpc-authority``) following up's controller; ready once it has the
-    routing state. Its gRPC port."""
+def second_gateway(controller: str | None, source: Path = ROOT) -> Iterator[tuple[ServiceProcess, int, int]]:
+    """A gateway without the gRPC front (``--no-grpc-authority``) following up's controller, run from the source
+    tree ``source`` (:mod:`bench.ab_gateway` runs one from another revision); ready once it has the routing state.
+    Its HTTP and gRPC ports."""
     if controller is None:
         raise RuntimeError("the gateway below up has no --controller flag")
-    grpc_port, admin = free_port(), free_port()
-    ports = ("--port", str(free_port()), "--grpc-port", str(grpc_port), "--admin-port", str(admin))
-    gateway = ServiceProcess(
-        "gateway", "--controller", controller, *ports, "--metrics-port", str(free_port()), "--no-grpc-authority"
-    ).start()
+    port, grpc_port, admin = free_port(), free_port(), free_port()
+    ports = ("--port", str(port), "--grpc-port", str(grpc_port), "--admin-port", str(admin))
+    flags = ("--controller", controller, *ports, "--metrics-port", str(free_port()), "--no-grpc-authority")
+    gateway = ServiceProcess("gateway", *flags, cwd=source).start()
     try:
         gateway.wait_http(f"http://{HOST}:{admin}/readyz", timeout=30)
-        yield gateway, grpc_port
+        yield gateway, port, grpc_port
     finally:
         gateway.stop()
 
@@ -281,14 +281,16 @@ def requests(stack: Stack) -> dict[str, HttpRequest]:
         "predictor": HttpRequest(f"http://{HOST}:{stack.alone_port}{url}", BODY, (json_type,)),
         "qp-predictor": HttpRequest(f"http://{HOST}:{stack.qp_port}{url}", BODY, (json_type,)),
         "relay-predictor": HttpRequest(f"http://{HOST}:{stack.relay_port}{url}", BODY, (json_type,)),
-        "lean-predictor": HttpRequest(
-            f"http://{HOST}:{stack.lean_port}{url}", BODY, (json_type, ("Host", PREDICTOR_HOST))
-        ),
-        "gateway-predictor": HttpRequest(
-            f"http://{HOST}:{stack.gateway_port}{url}", BODY, (json_type, ("Host", PREDICTOR_HOST))
-        ),
+        "lean-predictor": by_predictor_host(stack.lean_port),
+        "gateway-predictor": by_predictor_host(stack.gateway_port),
         "full": HttpRequest(f"http://{HOST}:{stack.gateway_port}{url}", BODY, (json_type,)),
     }
+
+
+def by_predictor_host(port: int) -> HttpRequest:
+    """The predictor path's request to a hop on ``port`` that routes by Host (the gateway, the lean floor)."""
+    headers = (("Content-Type", "application/json"), ("Host", PREDICTOR_HOST))
+    return HttpRequest(f"http://{HOST}:{port}/v1/models/{MODEL}:predict", BODY, headers)
 
 
 def check(expected: list) -> Check:
